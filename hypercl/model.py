@@ -1,0 +1,195 @@
+"""A target network whose weights come from a task-conditioned hypernetwork."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from avalanche.benchmarks.scenarios import CLExperience
+from avalanche.models import MultiTaskModule
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from hypercl.hypernet import ChunkedHyperNetwork, HyperNetConfig
+from hypercl.layout import Selection, WeightLayout
+
+
+class HyperCLModel(MultiTaskModule):
+    """Any ``nn.Module`` run with weights generated per task by a hypernetwork.
+
+    The target is used as it is: its forward runs through
+    :func:`torch.func.functional_call` with the generated tensors in place of its own
+    parameters. Parameters that ``generate`` does not select stay ordinary shared
+    parameters (trained, or frozen with ``freeze_shared=True``); the target's own
+    copies of generated parameters are frozen, serve as the reference for the
+    hypernetwork's init, and are never used in a forward pass.
+
+    One task embedding per task label lives in ``task_embs`` (an ``nn.ParameterDict``
+    keyed by ``str(task)``), created in :meth:`adaptation` when a training experience
+    brings a new task label.
+
+    Args:
+        target: the network to generate weights for.
+        hnet: hypernetwork architecture and init.
+        generate: which target parameters to generate (see :data:`~hypercl.layout.Selection`);
+            ``None`` generates all of them.
+        freeze_shared: freeze the target parameters that are not generated.
+        mask_unseen_classes: set the logits of classes a task never had in training to
+            ``mask_value`` (multi-head behaviour, as Avalanche's ``MultiHeadClassifier``).
+        mask_value: the value masked logits get.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        *,
+        hnet: HyperNetConfig | None = None,
+        generate: Selection = None,
+        freeze_shared: bool = False,
+        mask_unseen_classes: bool = True,
+        mask_value: float = -1000.0,
+    ) -> None:
+        super().__init__()
+        self.target = target
+        self.layout = WeightLayout.from_module(target, generate)
+        params = dict(target.named_parameters())
+        ref = next(iter(params.values()))
+        self.hnet = ChunkedHyperNetwork(
+            self.layout,
+            hnet or HyperNetConfig(),
+            reference={n: params[n].detach() for n in self.layout.names},
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        generated = set(self.layout.names)
+        for name, p in params.items():
+            if name in generated or freeze_shared:
+                p.requires_grad_(False)
+        self.task_embs = nn.ParameterDict()
+        self.mask_unseen_classes = mask_unseen_classes
+        self.mask_value = mask_value
+        self._task_classes: dict[int, frozenset[int]] = {}
+        self._mask_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    # ----------------------------------------------------------------- tasks
+    @property
+    def tasks(self) -> list[int]:
+        """Task labels that have an embedding, in the order they arrived."""
+        return [int(k) for k in self.task_embs.keys()]
+
+    def add_task(self, task: int) -> None:
+        """Create the embedding of ``task`` (N(0, 1), as in the paper) if it is new."""
+        if str(task) in self.task_embs:
+            return
+        ref = self.hnet.chunk_embs
+        emb = torch.randn(self.hnet.config.task_emb_dim, device=ref.device, dtype=ref.dtype)
+        self.task_embs[str(task)] = nn.Parameter(emb)
+
+    def embeddings(self, tasks: Sequence[int]) -> Tensor:
+        """Stacked embeddings ``(len(tasks), task_emb_dim)``.
+
+        Raises:
+            ValueError: a task has no embedding, i.e. was never trained.
+        """
+        missing = sorted({t for t in tasks if str(t) not in self.task_embs})
+        if missing:
+            raise ValueError(
+                f"No task embedding for task label(s) {missing}: this model has been trained "
+                f"on task labels {self.tasks} only, and an untrained embedding would give "
+                "arbitrary weights. Evaluate only experiences whose task was trained, e.g. "
+                "strategy.eval(benchmark.test_stream[: i + 1]) after training experience i."
+            )
+        return torch.stack([self.task_embs[str(t)] for t in tasks])
+
+    def generate(self, task: int) -> dict[str, Tensor]:
+        """The target's weights for ``task``, keyed by the target's parameter names."""
+        return self.hnet.generate(self.embeddings([task])[0])
+
+    def hnet_param_count(self) -> int:
+        """Hypernetwork parameters, chunk and task embeddings included."""
+        return sum(p.numel() for p in self.hnet.parameters()) + sum(
+            p.numel() for p in self.task_embs.values()
+        )
+
+    def compression_ratio(self) -> float:
+        """Hypernetwork parameters (embeddings included) / generated target parameters."""
+        return self.hnet_param_count() / self.layout.n_weights
+
+    # ------------------------------------------------------------ avalanche
+    def adaptation(self, experience: CLExperience) -> None:
+        """Add embeddings for new task labels and record each task's classes (training only)."""
+        if not self.training:
+            return
+        if not hasattr(experience, "task_labels"):
+            raise ValueError(_NO_TASK_LABELS)
+        for task, classes in _classes_per_task(experience).items():
+            self.add_task(task)
+            self._task_classes[task] = self._task_classes.get(task, frozenset()) | classes
+            self.known_train_tasks_labels.add(task)
+            self.max_class_label = max(self.max_class_label, max(classes) + 1)
+        self._mask_cache.clear()
+
+    def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
+        """Target outputs for a mini-batch whose samples may belong to different tasks.
+
+        The weights of all tasks in the batch come from one hypernetwork pass.
+        """
+        if task_labels is None:
+            raise ValueError(_NO_TASK_LABELS)
+        if isinstance(task_labels, int):
+            task_labels = torch.full((len(x),), task_labels, device=x.device)
+        tasks, inverse = torch.unique(task_labels, return_inverse=True)
+        tasks = tasks.tolist()
+        flat = self.hnet(self.embeddings(tasks))  # (U, P)
+        if len(tasks) == 1:
+            return self._run(x, flat[0], tasks[0])
+        out = None
+        for i, task in enumerate(tasks):
+            idx = (inverse == i).nonzero().squeeze(1)
+            y = self._run(x[idx], flat[i], task)
+            out = y.new_zeros((len(x), *y.shape[1:])) if out is None else out
+            out = out.index_copy(0, idx, y)
+        return out
+
+    def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
+        return self(x, int(task_label))
+
+    def _run(self, x: Tensor, flat: Tensor, task: int) -> Tensor:
+        out = functional_call(self.target, self.layout.unflatten(flat), (x,))
+        classes = self._task_classes.get(task)
+        if out.dim() == 2 and classes:
+            if max(classes) >= out.shape[1]:
+                raise ValueError(
+                    f"Task {task} has class labels up to {max(classes)} but the target has "
+                    f"{out.shape[1]} outputs. Give the target at least {max(classes) + 1} "
+                    "outputs, or build the benchmark with class_ids_from_zero_in_each_exp=True."
+                )
+            if self.mask_unseen_classes:
+                out = out.masked_fill(self._unseen_mask(task, out.shape[1], out.device), self.mask_value)
+        return out
+
+    def _unseen_mask(self, task: int, n_out: int, device: torch.device) -> Tensor:
+        key = (task, n_out, device)
+        if key not in self._mask_cache:
+            mask = torch.ones(n_out, dtype=torch.bool, device=device)
+            mask[list(self._task_classes[task])] = False
+            self._mask_cache[key] = mask
+        return self._mask_cache[key]
+
+
+_NO_TASK_LABELS = (
+    "HyperCL generates weights per task and needs the task label of every sample. "
+    "Use a benchmark with task labels (e.g. SplitMNIST(..., return_task_id=True)), "
+    "or call model(x, task_labels)."
+)
+
+
+def _classes_per_task(experience: CLExperience) -> dict[int, frozenset[int]]:
+    task_labels = list(dict.fromkeys(int(t) for t in experience.task_labels))
+    if len(task_labels) == 1 and hasattr(experience, "classes_in_this_experience"):
+        return {task_labels[0]: frozenset(int(c) for c in experience.classes_in_this_experience)}
+    data = experience.dataset
+    out: dict[int, set[int]] = {}
+    for t, y in zip(data.targets_task_labels, data.targets):
+        out.setdefault(int(t), set()).add(int(y))
+    return {t: frozenset(c) for t, c in out.items()}

@@ -1,0 +1,133 @@
+"""The hypernetwork continual-learning algorithm as hooks on Avalanche's training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from avalanche.core import SupervisedPlugin
+from torch import Tensor
+from torch.func import functional_call
+
+from hypercl.lookahead import candidate_step
+from hypercl.model import HyperCLModel
+from hypercl.regularizer import TARGETS, output_regularizer
+
+
+class HyperCLPlugin(SupervisedPlugin):
+    """Output regularisation of a :class:`HyperCLModel` across experiences.
+
+    - ``before_training_exp``: only the embeddings of the experience's task labels train;
+      every other task seen so far is an "earlier task".
+    - ``before_backward``: adds ``beta / |S| * sum_{j in S} ||h(e_j) - W*_j||^2`` over a set
+      ``S`` of earlier tasks (all of them, or ``reg_tasks`` drawn at random each step),
+      in one batched hypernetwork pass. With ``lookahead``, ``h`` is evaluated at
+      ``theta + delta_theta``, the optimizer's candidate step (detached).
+    - ``after_training_exp``: snapshots ``W*_j`` for every task and freezes all embeddings.
+
+    Args:
+        beta: regularisation strength.
+        reg_tasks: regularise this many earlier tasks per step, drawn at random;
+            ``None`` regularises all of them.
+        targets: ``"stored"`` keeps ``W*_j`` in memory (grows with the number of tasks);
+            ``"frozen"`` keeps a frozen copy of the hypernetwork and recomputes them
+            (memory flat in the number of tasks, one more forward pass per step).
+        lookahead: evaluate the regulariser at ``theta + delta_theta``, as in the paper.
+            Needs SGD, Adam or AdamW.
+    """
+
+    def __init__(
+        self,
+        *,
+        beta: float = 0.01,
+        reg_tasks: int | None = None,
+        targets: Literal["stored", "frozen"] = "stored",
+        lookahead: bool = True,
+    ) -> None:
+        super().__init__()
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0 (0 disables the regulariser), got {beta}.")
+        if reg_tasks is not None and reg_tasks < 1:
+            raise ValueError(f"reg_tasks must be >= 1, or None for all earlier tasks; got {reg_tasks}.")
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {sorted(TARGETS)}, got {targets!r}.")
+        self.beta = beta
+        self.reg_tasks = reg_tasks
+        self.lookahead = lookahead
+        self.targets = TARGETS[targets]()
+        self.earlier_tasks: list[int] = []
+        self.last_reg: Tensor | None = None
+        """Unscaled regulariser of the last training step (detached), for logging."""
+
+    def regularizer(
+        self, model: HyperCLModel, tasks: Sequence[int], delta: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """Unscaled regulariser over ``tasks``, at the hypernetwork's parameters plus ``delta``."""
+        embs = model.embeddings(tasks).detach()
+        if delta is None:
+            weights = model.hnet(embs)
+        else:
+            moved = {n: p + delta[n] for n, p in model.hnet.named_parameters()}
+            weights = functional_call(model.hnet, moved, (embs,))
+        return output_regularizer(weights, self.targets(tasks))
+
+    def sample_tasks(self) -> list[int]:
+        """The earlier tasks to regularise at this step."""
+        old = self.earlier_tasks
+        if self.reg_tasks is None or self.reg_tasks >= len(old):
+            return old
+        picked = torch.randperm(len(old))[: self.reg_tasks].sort().values
+        return [old[i] for i in picked.tolist()]
+
+    # ------------------------------------------------------------------ hooks
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        model = _hypercl_model(strategy)
+        current = {int(t) for t in strategy.experience.task_labels}
+        for key, emb in model.task_embs.items():
+            emb.requires_grad_(int(key) in current)
+        self.earlier_tasks = [t for t in self.targets.tasks if t not in current]
+        self.last_reg = None
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        if self.beta == 0 or not self.earlier_tasks:
+            return
+        model = _hypercl_model(strategy)
+        tasks = self.sample_tasks()
+        if not self.lookahead:
+            reg = self.regularizer(model, tasks)
+            strategy.loss = strategy.loss + self.beta * reg
+        else:
+            delta = self._candidate_step(strategy, model)
+            reg = self.regularizer(model, tasks, delta)
+            # The loss's own gradients are already in .grad: backward only the regulariser.
+            strategy.loss = strategy.loss.detach() + self.beta * reg
+        self.last_reg = reg.detach()
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        model = _hypercl_model(strategy)
+        self.targets.snapshot(model)
+        for emb in model.task_embs.values():
+            emb.requires_grad_(False)
+
+    def _candidate_step(self, strategy, model: HyperCLModel) -> dict[str, Tensor]:
+        """Accumulate the loss's gradients into ``.grad`` and return theta's candidate step."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(strategy.loss, params, retain_graph=True, allow_unused=True)
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        grad_of = dict(zip(map(id, params), grads))
+        names, theta = zip(*model.hnet.named_parameters())
+        steps = candidate_step(strategy.optimizer, theta, [grad_of.get(id(p)) for p in theta])
+        return dict(zip(names, steps))
+
+
+def _hypercl_model(strategy) -> HyperCLModel:
+    if not isinstance(strategy.model, HyperCLModel):
+        raise ValueError(
+            f"HyperCLPlugin needs a HyperCLModel as the strategy's model, got "
+            f"{type(strategy.model).__name__}. Wrap the network as HyperCLModel(target), "
+            "or use the HyperCL strategy, which does it for you."
+        )
+    return strategy.model

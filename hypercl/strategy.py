@@ -1,0 +1,111 @@
+"""``HyperCL``: the Avalanche strategy, a thin wrapper around the model and the plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import torch
+from avalanche.core import BasePlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.optim import Optimizer
+
+from hypercl.hypernet import HyperNetConfig
+from hypercl.layout import Selection
+from hypercl.model import HyperCLModel
+from hypercl.plugin import HyperCLPlugin
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+class HyperCL(SupervisedTemplate):
+    """Continual learning with a task-conditioned hypernetwork (von Oswald et al., 2020).
+
+    Takes an ordinary target network, builds a :class:`~hypercl.model.HyperCLModel`
+    around it and trains it with a :class:`~hypercl.plugin.HyperCLPlugin`. Everything
+    else is Avalanche's ``SupervisedTemplate``: benchmarks with task labels, metrics,
+    loggers and plugins work unchanged.
+
+    Args:
+        target: the network whose weights the hypernetwork generates.
+        optimizer: ``None`` for Adam(lr) over all trainable parameters; a factory
+            ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``);
+            or an optimizer instance, whose parameters Avalanche replaces by the model's.
+        criterion: loss function.
+        hnet: hypernetwork architecture and init.
+        generate: which target parameters the hypernetwork generates; the others are
+            ordinary shared parameters. ``None`` generates all of them.
+        freeze_shared: freeze the parameters that are not generated.
+        beta: strength of the output regulariser.
+        reg_tasks: regularise this many random earlier tasks per step (``None``: all).
+        reg_targets: ``"stored"`` or ``"frozen"`` (see :class:`HyperCLPlugin`).
+        lookahead: evaluate the regulariser at the optimizer's candidate step.
+        lr: learning rate of the default Adam.
+        reset_optimizer_state: reset the optimizer's state (e.g. Adam's moments) at every
+            experience, as the paper's code does.
+        mask_unseen_classes: mask logits of classes a task never had in training.
+        train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
+        eval_every, peval_mode: as in Avalanche's strategies.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: nn.Module,
+        optimizer: Optimizer | OptimizerFactory | None = None,
+        criterion: nn.Module = nn.CrossEntropyLoss(),
+        hnet: HyperNetConfig | None = None,
+        generate: Selection = None,
+        freeze_shared: bool = False,
+        beta: float = 0.01,
+        reg_tasks: int | None = None,
+        reg_targets: Literal["stored", "frozen"] = "stored",
+        lookahead: bool = True,
+        lr: float = 1e-3,
+        reset_optimizer_state: bool = False,
+        mask_unseen_classes: bool = True,
+        train_mb_size: int = 128,
+        train_epochs: int = 1,
+        eval_mb_size: int | None = None,
+        device: torch.device | str | None = None,
+        plugins: Sequence[BasePlugin] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
+        eval_every: int = -1,
+        peval_mode: str = "epoch",
+        **base_kwargs,
+    ) -> None:
+        model = HyperCLModel(
+            target,
+            hnet=hnet,
+            generate=generate,
+            freeze_shared=freeze_shared,
+            mask_unseen_classes=mask_unseen_classes,
+        )
+        if optimizer is None:
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        elif not isinstance(optimizer, Optimizer):
+            optimizer = optimizer(model.parameters())
+        self.hypercl = HyperCLPlugin(beta=beta, reg_tasks=reg_tasks, targets=reg_targets, lookahead=lookahead)
+        self.reset_optimizer_state = reset_optimizer_state
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            criterion=criterion,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device if device is not None else "cpu",
+            plugins=[self.hypercl, *(plugins or [])],
+            evaluator=evaluator,
+            eval_every=eval_every,
+            peval_mode=peval_mode,
+            **base_kwargs,
+        )
+
+    def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs) -> None:
+        super().make_optimizer(
+            reset_optimizer_state=reset_optimizer_state or self.reset_optimizer_state, **kwargs
+        )

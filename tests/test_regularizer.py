@@ -1,0 +1,147 @@
+"""The output regulariser and the lookahead step, checked against plain reference code."""
+
+import pytest
+import torch
+from helpers import small_model
+
+from hypercl import HyperCLPlugin
+from hypercl.lookahead import candidate_step
+
+
+def reference_regularizer(model, targets, tasks, theta=None):
+    """The paper's regulariser written plainly: a loop over tasks, dicts of tensors."""
+    total = 0.0
+    for t in tasks:
+        emb = model.task_embs[str(t)].detach()
+        if theta is None:
+            weights = model.hnet.generate(emb)
+        else:
+            weights = model.hnet.layout.unflatten(torch.func.functional_call(model.hnet, theta, (emb[None],))[0])
+        total = total + sum(((weights[n] - targets[t][n]) ** 2).sum() for n in weights)
+    return total / len(tasks)
+
+
+def trained_a_little(model, steps=3):
+    opt = torch.optim.Adam(model.hnet.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        x = torch.randn(8, 16)
+        model(x, 0).logsumexp(1).mean().backward()
+        opt.step()
+    return opt
+
+
+def snapshotted(n_tasks, **plugin_kwargs):
+    """A model with ``n_tasks`` embeddings, a plugin that snapshotted them, and the snapshot as dicts."""
+    model = small_model()
+    for t in range(n_tasks):
+        model.add_task(t)
+    plugin = HyperCLPlugin(**plugin_kwargs)
+    plugin.targets.snapshot(model)
+    with torch.no_grad():
+        snapshot = {t: {n: w.clone() for n, w in model.generate(t).items()} for t in range(n_tasks)}
+    return model, plugin, snapshot
+
+
+@pytest.mark.parametrize("mode", ["stored", "frozen"])
+def test_regulariser_is_zero_at_the_snapshot_and_matches_the_reference_after(mode):
+    model, plugin, snapshot = snapshotted(4, targets=mode)
+    assert plugin.regularizer(model, [1, 2, 3]).item() == 0.0
+
+    trained_a_little(model)
+    for tasks in ([1, 2, 3], [3, 1]):
+        fast = plugin.regularizer(model, tasks)
+        slow = reference_regularizer(model, snapshot, tasks)
+        assert fast.item() > 0
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0)
+        theta = list(model.hnet.parameters())
+        g_fast = torch.autograd.grad(fast, theta)
+        g_slow = torch.autograd.grad(slow, theta)
+        for a, b in zip(g_fast, g_slow):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_regulariser_sends_no_gradient_to_task_embeddings():
+    model, plugin, _ = snapshotted(3)
+    trained_a_little(model)
+    model.zero_grad(set_to_none=True)
+    plugin.regularizer(model, [0, 1, 2]).backward()
+    assert all(p.grad is None for p in model.task_embs.values())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.hnet.parameters())
+
+
+def test_frozen_copy_memory_is_flat_in_tasks_while_stored_targets_grow():
+    sizes = {}
+    for mode in ("stored", "frozen"):
+        model = small_model()
+        plugin = HyperCLPlugin(targets=mode)
+        for n_tasks in (2, 10):
+            while len(model.tasks) < n_tasks:
+                model.add_task(len(model.tasks))
+            plugin.targets.snapshot(model)
+            sizes[mode, n_tasks] = plugin.targets.nbytes()
+    assert sizes["stored", 10] == 5 * sizes["stored", 2]
+    emb_bytes = 8 * 4  # one float32 task embedding of size 8
+    assert sizes["frozen", 10] - sizes["frozen", 2] == 8 * emb_bytes
+
+
+def test_random_subset_draws_k_distinct_earlier_tasks():
+    plugin = HyperCLPlugin(reg_tasks=3)
+    plugin.earlier_tasks = list(range(10))
+    draws = [tuple(plugin.sample_tasks()) for _ in range(50)]
+    assert all(len(set(d)) == 3 and set(d) <= set(range(10)) for d in draws)
+    assert len(set(draws)) > 10  # really random, not a fixed subset
+    plugin.earlier_tasks = [4, 7]
+    assert plugin.sample_tasks() == [4, 7]
+
+
+OPTIMIZERS = {
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adam-l2-amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd-nesterov-wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd-dampened": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5, dampening=0.3),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("warm_steps", [0, 3])
+def test_candidate_step_is_the_step_the_optimizer_takes(name, warm_steps):
+    w = torch.nn.Parameter(torch.randn(5, 4))
+    b = torch.nn.Parameter(torch.randn(4))
+    opt = OPTIMIZERS[name]([w, b])
+
+    def loss():
+        return ((torch.randn(3, 5) @ w + b) ** 2).sum()
+
+    for _ in range(warm_steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    opt.zero_grad()
+    loss().backward()
+    predicted = candidate_step(opt, [w, b], [w.grad, b.grad])
+    before = [w.detach().clone(), b.detach().clone()]
+    opt.step()
+    for p, old, step in zip([w, b], before, predicted):
+        torch.testing.assert_close(p.detach() - old, step, rtol=1e-5, atol=1e-7)
+
+
+def test_candidate_step_refuses_optimizers_it_cannot_predict():
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="SGD, Adam and AdamW; got RMSprop"):
+        candidate_step(torch.optim.RMSprop([p]), [p], [torch.ones(3)])
+
+
+def test_lookahead_regulariser_is_evaluated_at_theta_plus_the_candidate_step():
+    model, plugin, snapshot = snapshotted(3, lookahead=True)
+    opt = trained_a_little(model)
+    opt.zero_grad()
+    model(torch.randn(8, 16), 2).logsumexp(1).mean().backward()
+    names, theta = zip(*model.hnet.named_parameters())
+    delta = dict(zip(names, candidate_step(opt, theta, [p.grad for p in theta])))
+    looked = plugin.regularizer(model, [0, 1], delta)
+    moved = {n: p + delta[n] for n, p in zip(names, theta)}
+    torch.testing.assert_close(looked, reference_regularizer(model, snapshot, [0, 1], moved), rtol=1e-5, atol=0)
+    assert looked.item() != pytest.approx(plugin.regularizer(model, [0, 1]).item(), rel=1e-3)
