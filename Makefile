@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make split-mnist   the main job (HyperCL on Split MNIST)
+#   make split-mnist   the main job: HyperCL and Avalanche's baselines on Split MNIST (quick preset)
 #   make test          the test suite
 # Both create the virtual environment $(VENV) and install the package into it first.
 
@@ -9,7 +9,7 @@ VENV ?= .venv
 HYPERCL_DATA_ROOT ?= ../shared/data
 export HYPERCL_DATA_ROOT
 
-.PHONY: install test split-mnist clean
+.PHONY: install test split-mnist quickstart paper clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ test: install
 	$(VENV)/bin/python -m pytest -q
 
 split-mnist: install
+	$(VENV)/bin/hypercl-bench split-mnist --preset quick
+
+quickstart: install
 	$(VENV)/bin/python benchmarks/quickstart.py
+
+# The committed paper-preset results (hours on 2 CPU cores; see results/README.md).
+paper: install
+	$(VENV)/bin/hypercl-bench split-mnist --preset paper --seeds 3
+	$(VENV)/bin/hypercl-bench pmnist-10 --preset paper --seeds 3
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

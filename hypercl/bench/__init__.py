@@ -1,0 +1,1 @@
+"""Benchmarks: HyperCL against Avalanche's baselines, with results written to disk."""

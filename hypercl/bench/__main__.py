@@ -1,0 +1,5 @@
+import sys
+
+from hypercl.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""``hypercl-bench``: HyperCL and Avalanche's baselines side by side on one benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from hypercl.bench.datasets import BENCHMARKS, build, resolve_data_root
+from hypercl.bench.presets import preset
+from hypercl.bench.results import (
+    atomic_write,
+    load_run,
+    markdown_table,
+    run_path,
+    summarize,
+    terminal_table,
+    write_json,
+)
+from hypercl.bench.run import run_one
+from hypercl.bench.strategies import STRATEGIES, settings_of
+from hypercl.data import DATA_ROOT_ENV
+from hypercl.plotting import plot_accuracy_matrices, plot_average_accuracy
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hypercl-bench",
+        description="Run HyperCL and Avalanche's baselines on a continual-learning benchmark; "
+        "write per-run JSON, summary.json, summary.md and plots.",
+    )
+    p.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
+    p.add_argument("--preset", default="quick", help="paper (the paper's settings) or quick (minutes on a CPU)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help=f"folder holding MNIST/raw/... (default: ${DATA_ROOT_ENV}, else a cache folder, downloaded if online)",
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: results/<benchmark>[-<preset> unless paper])"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--steps", type=int, default=None, help="steps per task instead of the preset's (smoke runs)")
+    p.add_argument("--tasks", type=int, default=None, help="train only the first N tasks (smoke runs)")
+    p.add_argument("--force", action="store_true", help="re-run (strategy, seed) pairs that already finished")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Avalanche's own deprecation notices and its "no loggers" note are not the user's to fix.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
+    warnings.filterwarnings("ignore", message="No loggers specified")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    command = shlex.join(["hypercl-bench", *argv])
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        parser().error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    for flag in ("seeds", "steps", "tasks", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser().error(f"--{flag} must be at least 1, got {value}")
+    try:
+        settings = preset(args.benchmark, args.preset)
+    except ValueError as err:
+        parser().error(str(err))
+    if args.steps:
+        settings = replace(settings, steps=args.steps)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = BENCHMARKS[args.benchmark]
+    n_tasks = min(args.tasks or info.n_tasks, info.n_tasks)
+    # JSON round trip, so tuples compare equal to the lists a stored run holds
+    budget = {"preset": args.preset, "n_tasks": n_tasks, "settings": json.loads(json.dumps(settings.to_dict()))}
+    out = args.out or Path("results") / (args.benchmark if args.preset == "paper" else f"{args.benchmark}-{args.preset}")
+    try:
+        root = resolve_data_root(args.data_root)
+    except FileNotFoundError as err:
+        print(f"hypercl-bench: {err}", file=sys.stderr)
+        return 2
+
+    failed = []
+    for seed in range(args.seeds):
+        todo = [s for s in strategies if args.force or not _finished(out, s, seed, budget)]
+        for name in todo:
+            if not args.force and run_path(out, name, seed).exists():
+                print(f"{name} seed {seed}: the stored run used other settings; running it again",
+                      file=sys.stderr)  # fmt: skip
+        if not todo:
+            continue
+        benchmark = build(args.benchmark, root, seed, n_tasks=n_tasks)
+        for name in todo:
+            print(f"{args.benchmark} [{args.preset}] {name} seed {seed}", file=sys.stderr, flush=True)
+            try:
+                record = run_one(
+                    benchmark, info, args.preset, settings, name, seed,
+                    device=args.device, command=command, n_tasks=n_tasks,
+                )  # fmt: skip
+            except (RuntimeError, ValueError) as err:  # report, keep the other runs going
+                traceback.print_exc()
+                failed.append((name, seed, err))
+                continue
+            write_json(run_path(out, name, seed), record)
+            write_summary(out, info.name, info.scenario, budget, command)
+            print(f"  final {100 * record['final_avg_acc']:.2f} %, BWT {100 * record['bwt']:+.2f}, "
+                  f"{record['time_per_step_ms']:.1f} ms/step", file=sys.stderr, flush=True)  # fmt: skip
+
+    summary = write_summary(out, info.name, info.scenario, budget, command)
+    if summary:
+        print(terminal_table(summary))
+    for name, seed, err in failed:
+        print(f"hypercl-bench: {name} seed {seed} failed: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _matches(record: dict, budget: dict) -> bool:
+    """Whether ``record`` ran under ``budget``: same preset, tasks and the settings its strategy uses."""
+    cfg, name = record["config"], record["strategy"]
+    return (
+        record["preset"] == budget["preset"]
+        and cfg.get("n_tasks") == budget["n_tasks"]
+        and name in STRATEGIES
+        and settings_of(name, cfg.get("preset_settings", {})) == settings_of(name, budget["settings"])
+    )
+
+
+def _finished(out: Path, strategy: str, seed: int, budget: dict) -> bool:
+    record = load_run(run_path(out, strategy, seed))
+    return record is not None and _matches(record, budget)
+
+
+def write_summary(out: Path, benchmark: str, scenario: str, budget: dict, command: str) -> dict | None:
+    """Summary, table and plots over every finished run in ``out`` with this budget."""
+    runs = [r for p in sorted((out / "runs").glob("*.json")) if (r := load_run(p)) and _matches(r, budget)]
+    if not runs:
+        return None
+    summary = summarize(runs, benchmark=benchmark, scenario=scenario, preset=budget["preset"], command=command)
+    summary["steps_per_task"] = budget["settings"]["steps"]
+    summary["n_tasks"] = budget["n_tasks"]
+    summary["run_commands"] = sorted({r["command"] for r in runs})
+    write_json(out / "summary.json", summary)
+    atomic_write(out / "summary.md", markdown_table(summary))
+    title = f"{benchmark} ({scenario}-incremental), {budget['preset']}"
+    plot_average_accuracy(runs, out / "average_accuracy.png", title)
+    plot_accuracy_matrices(runs, out / "accuracy_matrices.png")
+    return summary
+
+if __name__ == "__main__":
+    sys.exit(main())

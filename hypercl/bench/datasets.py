@@ -1,0 +1,133 @@
+"""The benchmarks, built with Avalanche's classic builders, then held as tensors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from avalanche.benchmarks import tensors_benchmark
+from torch.utils.data import DataLoader
+
+from hypercl.data import DATA_ROOT_ENV, MNIST_FILES, data_root, mnist_root
+
+CACHE_ROOT = Path("~/.cache/hypercl/data")
+MAX_TENSOR_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    """What a runner needs to know about a benchmark beyond its streams."""
+
+    name: str
+    scenario: str  # "task", "domain" or "class"
+    n_tasks: int
+    in_features: int
+    classes_per_task: int
+
+
+BENCHMARKS = {
+    "split-mnist": BenchmarkInfo("split-mnist", "task", 5, 784, 2),
+    "pmnist-10": BenchmarkInfo("pmnist-10", "task", 10, 1024, 10),
+    "pmnist-100": BenchmarkInfo("pmnist-100", "task", 100, 1024, 10),
+}
+
+
+def resolve_data_root(root: str | os.PathLike | None) -> Path:
+    """The MNIST root: ``root``, else ``$HYPERCL_DATA_ROOT``, else a cache folder.
+
+    An explicit root (argument or environment) must already hold the files; the cache
+    folder is filled by a download when online.
+
+    Raises:
+        FileNotFoundError: the files are missing and cannot be downloaded.
+    """
+    if data_root(root) is not None:
+        return mnist_root(root)
+    cache = CACHE_ROOT.expanduser()
+    try:
+        return mnist_root(cache)
+    except FileNotFoundError:
+        pass
+    from torchvision.datasets import MNIST
+
+    try:
+        for train in (True, False):
+            MNIST(cache, train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        raise FileNotFoundError(
+            f"MNIST is not in {cache / 'MNIST' / 'raw'} and could not be downloaded ({err}). "
+            f"Pass --data-root (or set {DATA_ROOT_ENV}) to a folder holding "
+            f"MNIST/raw/{{{','.join(MNIST_FILES)}}}."
+        ) from err
+    return mnist_root(cache)
+
+
+def build(name: str, root: Path, seed: int, *, validation: float = 0.0, n_tasks: int | None = None):
+    """The benchmark ``name`` with fixed class order and seeded permutations, as tensors.
+
+    ``n_tasks`` builds only the first tasks of a permuted benchmark (the same
+    permutations as in the full stream); Split MNIST always has its five.
+
+    With ``validation`` > 0, that fraction of each task's training set (a seeded random
+    draw) becomes the test stream and the rest the training stream: tuning never sees
+    the test set.
+
+    Avalanche's ``SplitMNIST`` and ``PermutedMNIST`` build the streams (task labels,
+    class ids from zero in each task); their transformed samples are then gathered
+    once into tensors (where they fit in 4 GiB), so training does not pay for
+    per-sample transforms at every step.
+    """
+    from avalanche.benchmarks.classic import PermutedMNIST, SplitMNIST
+    from torchvision import transforms
+
+    info = BENCHMARKS[name]
+    if name == "split-mnist":
+        bm = SplitMNIST(
+            n_experiences=info.n_tasks,
+            return_task_id=True,
+            class_ids_from_zero_in_each_exp=True,
+            fixed_class_order=list(range(10)),
+            seed=seed,
+            dataset_root=root,
+        )
+    else:
+        # The paper pads 28x28 to 32x32. Avalanche permutes the 784 pixels before this
+        # transform, so the border stays in place: for an MLP that is the same problem.
+        pad = transforms.Compose([transforms.Pad(2), transforms.Normalize((0.1307,), (0.3081,))])
+        bm = PermutedMNIST(
+            n_experiences=min(n_tasks or info.n_tasks, info.n_tasks),
+            return_task_id=True,
+            seed=seed,
+            train_transform=pad,
+            eval_transform=pad,
+            dataset_root=root,
+        )
+    n_samples = sum(len(e.dataset) for e in (*bm.train_stream, *bm.test_stream))
+    if n_samples * info.in_features * 4 > MAX_TENSOR_BYTES:
+        if validation:
+            raise ValueError(f"{name} is too large to hold in memory, so it has no validation split.")
+        return bm  # too large to hold (PMNIST-100): keep Avalanche's lazy datasets
+    train = [_tensors(e.dataset.train()) for e in bm.train_stream]
+    test = [_tensors(e.dataset.eval()) for e in bm.test_stream]
+    if validation:
+        g = torch.Generator().manual_seed(seed)
+        splits = [torch.randperm(len(y), generator=g) for _, y in train]
+        cut = [int(round(validation * len(i))) for i in splits]
+        test = [(x[i[:c]], y[i[:c]]) for (x, y), i, c in zip(train, splits, cut)]
+        train = [(x[i[c:]], y[i[c:]]) for (x, y), i, c in zip(train, splits, cut)]
+    return tensors_benchmark(
+        train_tensors=train,
+        test_tensors=test,
+        task_labels=[e.task_label for e in bm.train_stream],
+        complete_test_set_only=False,
+    )
+
+
+def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for x, y, *_ in DataLoader(dataset, batch_size=2000, shuffle=False):
+        xs.append(x.flatten(1))
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)

@@ -1,0 +1,141 @@
+"""Results files: one JSON per (strategy, seed), a summary, a markdown table. Atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+RUN_KEYS = (
+    "benchmark", "scenario", "strategy", "seed", "preset", "config", "versions", "machine",
+    "acc", "final_avg_acc", "bwt", "forgetting", "train_time_s", "time_per_step_ms", "command",
+)  # fmt: skip
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def run_path(out: Path, strategy: str, seed: int) -> Path:
+    return out / "runs" / f"{strategy}-seed{seed}.json"
+
+
+def load_run(path: Path) -> dict | None:
+    """A finished run's record, or ``None`` if the file is missing or incomplete."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if all(k in data for k in RUN_KEYS) else None
+
+
+def cl_metrics(acc: list[list[float | None]]) -> dict[str, float]:
+    """Final average accuracy, backward transfer and forgetting of an accuracy matrix.
+
+    ``acc[i][j]``: accuracy on task ``j`` after training task ``i`` (``None`` for j > i).
+    BWT = mean over j < T-1 of ``acc[T-1][j] - acc[j][j]``; forgetting = mean over the
+    same j of the best earlier accuracy on j minus the final one.
+    """
+    last, n = acc[-1], len(acc)
+    final = sum(last) / n
+    if n == 1:
+        return {"final_avg_acc": final, "bwt": 0.0, "forgetting": 0.0}
+    bwt = sum(last[j] - acc[j][j] for j in range(n - 1)) / (n - 1)
+    forgetting = sum(max(acc[i][j] for i in range(j, n - 1)) - last[j] for j in range(n - 1)) / (n - 1)
+    return {"final_avg_acc": final, "bwt": bwt, "forgetting": forgetting}
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "per_seed": values,
+    }
+
+
+def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, command: str) -> dict:
+    """``summary.json``: per strategy, mean/std/per-seed of the headline metrics."""
+    strategies: dict[str, dict] = {}
+    for name in sorted({r["strategy"] for r in runs}, key=_strategy_order):
+        mine = sorted((r for r in runs if r["strategy"] == name), key=lambda r: r["seed"])
+        strategies[name] = {
+            "seeds": [r["seed"] for r in mine],
+            **{k: _stats([r[k] for r in mine]) for k in ("final_avg_acc", "bwt", "forgetting")},
+            "time_per_step_ms": _stats([r["time_per_step_ms"] for r in mine]),
+            "avg_acc_curve": [
+                statistics.fmean(_row_mean(r["acc"][i]) for r in mine) for i in range(len(mine[0]["acc"]))
+            ],
+        }
+    return {
+        "benchmark": benchmark,
+        "scenario": scenario,
+        "preset": preset,
+        "seeds": sorted({r["seed"] for r in runs}),
+        "command": command,
+        "strategies": strategies,
+    }
+
+
+def _strategy_order(name: str) -> tuple[int, str]:
+    from hypercl.bench.strategies import STRATEGIES
+
+    order = list(STRATEGIES)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _row_mean(row: list[float | None]) -> float:
+    seen = [a for a in row if a is not None]
+    return sum(seen) / len(seen)
+
+
+def _pct(stat: dict, sign: str = "") -> str:
+    """``mean ± std`` in percent; the mean alone where there is one seed (no spread to show)."""
+    mean = f"{100 * stat['mean']:{sign}.2f}"
+    return mean if len(stat["per_seed"]) < 2 else f"{mean} ± {100 * stat['std']:.2f}"
+
+
+def markdown_table(summary: dict) -> str:
+    """``summary.md``: the summary as a table, in percent."""
+    lines = [
+        f"# {summary['benchmark']} ({summary['scenario']}-incremental), preset `{summary['preset']}`",
+        "",
+        f"Seeds {summary['seeds']}. Command: `{summary['command']}`",
+        "",
+        "| strategy | final avg acc (%) | BWT (points) | forgetting (points) | ms / step |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in summary["strategies"].items():
+        ms = s["time_per_step_ms"]["mean"]
+        lines.append(f"| {name} | {_pct(s['final_avg_acc'])} | {_pct(s['bwt'], '+')} | {_pct(s['forgetting'])} | {ms:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def terminal_table(summary: dict) -> str:
+    rows = [("strategy", "final acc %", "BWT", "forgetting", "ms/step")]
+    for name, s in summary["strategies"].items():
+        rows.append((
+            name,
+            _pct(s["final_avg_acc"]),
+            _pct(s["bwt"], "+"),
+            _pct(s["forgetting"]),
+            f"{s['time_per_step_ms']['mean']:.1f}",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,142 @@
+"""One (strategy, seed) run of a benchmark: train task by task, evaluate, record."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import avalanche
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from tqdm import tqdm
+
+import hypercl
+from hypercl.bench.datasets import BenchmarkInfo
+from hypercl.bench.presets import Preset
+from hypercl.bench.results import cl_metrics
+from hypercl.bench.strategies import make_strategy
+from hypercl.budget import StepBudget
+
+
+class ProgressBar(SupervisedPlugin):
+    """A tqdm bar per experience, with its ETA."""
+
+    def __init__(self, label: str, steps: int) -> None:
+        super().__init__()
+        self.label, self.steps, self.bar = label, steps, None
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        exp = strategy.experience.current_experience
+        self.bar = tqdm(
+            total=self.steps,
+            desc=f"{self.label} task {exp}",
+            leave=False,
+            file=sys.stderr,
+            mininterval=0.5 if sys.stderr.isatty() else 60,  # logs get a line a minute
+        )
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        self.bar.update()
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        self.bar.close()
+
+
+def accuracy_matrix_row(metrics: dict, stream) -> list[float]:
+    """Accuracy on each experience of ``stream`` from Avalanche's per-experience metric."""
+    prefix = "Top1_Acc_Exp/eval_phase/test_stream"
+    return [metrics[f"{prefix}/Task{e.task_label:03d}/Exp{e.current_experience:03d}"] for e in stream]
+
+
+def run_one(
+    benchmark,
+    info: BenchmarkInfo,
+    preset_name: str,
+    preset: Preset,
+    strategy_name: str,
+    seed: int,
+    *,
+    device: str,
+    command: str,
+    n_tasks: int | None = None,
+) -> dict:
+    """Train ``strategy_name`` on every task in order and return the run's record.
+
+    After each task it is evaluated on the test experiences of every task so far.
+    ``n_tasks`` stops after that many tasks (smoke runs).
+    """
+    RNGManager.set_random_seeds(seed)
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    strategy = make_strategy(
+        strategy_name,
+        info,
+        preset,
+        train_mb_size=preset.batch_size,
+        eval_mb_size=1000,
+        device=device,
+        evaluator=evaluator,
+        plugins=[StepBudget(preset.steps), ProgressBar(f"{strategy_name} seed {seed}", preset.steps)],
+    )
+    acc, train_time = [], 0.0
+    n_tasks = min(n_tasks or len(benchmark.train_stream), len(benchmark.train_stream))
+    for i, exp in enumerate(benchmark.train_stream[:n_tasks]):
+        start = time.perf_counter()
+        strategy.train(exp)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - start
+        seen = benchmark.test_stream[: i + 1]
+        acc.append(accuracy_matrix_row(strategy.eval(seen), seen) + [None] * (n_tasks - i - 1))
+    config = {
+        "preset_settings": preset.to_dict(),
+        "steps_per_task": preset.steps,
+        "n_tasks": n_tasks,
+        "eval_mb_size": 1000,
+        "device": device,
+    }
+    if strategy_name == "hypercl":
+        config["compression_ratio"] = strategy.model.compression_ratio()
+    return {
+        "benchmark": info.name,
+        "scenario": info.scenario,
+        "strategy": strategy_name,
+        "seed": seed,
+        "preset": preset_name,
+        "config": config,
+        "versions": versions(),
+        "machine": machine(device),
+        "acc": acc,
+        **cl_metrics(acc),
+        "train_time_s": train_time,
+        "time_per_step_ms": 1000 * train_time / (preset.steps * n_tasks),
+        "command": command,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def versions() -> dict:
+    return {
+        "hypercl": hypercl.__version__,
+        "torch": torch.__version__,
+        "avalanche": avalanche.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine(device: str) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

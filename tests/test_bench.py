@@ -1,0 +1,154 @@
+"""The benchmark runner end to end on a tiny budget, its results files, resume and data errors."""
+
+import json
+
+import pytest
+
+from hypercl.bench.cli import _matches, main
+from hypercl.bench.presets import preset
+from hypercl.bench.results import RUN_KEYS, cl_metrics
+from hypercl.data import mnist_root
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    try:
+        return mnist_root()
+    except FileNotFoundError as err:
+        pytest.skip(f"the runner trains on Split MNIST: {err}")
+
+
+def test_cl_metrics_of_a_known_matrix():
+    acc = [[0.9, None, None], [0.8, 0.95, None], [0.7, 0.85, 1.0]]
+    m = cl_metrics(acc)
+    assert m["final_avg_acc"] == pytest.approx((0.7 + 0.85 + 1.0) / 3)
+    assert m["bwt"] == pytest.approx(((0.7 - 0.9) + (0.85 - 0.95)) / 2)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.7) + (0.95 - 0.85)) / 2)
+
+
+def test_runner_writes_every_result_file_and_resumes(mnist, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["split-mnist", "--strategies", "hypercl,naive,ewc", "--seeds", "2", "--steps", "3",
+            "--tasks", "2", "--data-root", str(mnist), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in ("hypercl", "naive", "ewc"))
+
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert runs == [f"{s}-seed{k}.json" for s in ("ewc", "hypercl", "naive") for k in (0, 1)]
+    record = json.loads((out / "runs" / "hypercl-seed1.json").read_text())
+    assert set(RUN_KEYS) <= set(record)
+    assert record["seed"] == 1 and record["scenario"] == "task"
+    assert len(record["acc"]) == 2 and record["acc"][0][1] is None
+    assert all(0 <= a <= 1 for row in record["acc"] for a in row if a is not None)
+    assert record["config"]["steps_per_task"] == 3 and record["config"]["compression_ratio"] > 0
+    assert record["final_avg_acc"] == pytest.approx(sum(record["acc"][1]) / 2)
+    assert record["time_per_step_ms"] > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == "split-mnist" and summary["scenario"] == "task"
+    assert summary["seeds"] == [0, 1] and "hypercl-bench split-mnist" in summary["command"]
+    assert list(summary["strategies"]) == ["hypercl", "naive", "ewc"]  # command-line names, CLI order
+    stat = summary["strategies"]["naive"]["final_avg_acc"]
+    assert set(stat) == {"mean", "std", "per_seed"} and len(stat["per_seed"]) == 2
+    assert "bwt" in summary["strategies"]["ewc"]
+    assert "| hypercl |" in (out / "summary.md").read_text()
+    for png in ("average_accuracy.png", "accuracy_matrices.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    # a second run skips what finished; --force redoes it
+    stamp = (out / "runs" / "naive-seed0.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "naive seed 0" not in capsys.readouterr().err
+    assert (out / "runs" / "naive-seed0.json").stat().st_mtime_ns == stamp
+    assert main([*argv[:2], "naive", *argv[3:], "--seeds", "1", "--force"]) == 0
+    assert "naive seed 0" in capsys.readouterr().err
+    assert (out / "runs" / "naive-seed0.json").stat().st_mtime_ns != stamp
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_permuted_mnist_runs_padded_to_32x32(mnist, tmp_path):
+    out = tmp_path / "pm"
+    argv = ["pmnist-10", "--strategies", "hypercl,naive", "--steps", "2", "--tasks", "2",
+            "--data-root", str(mnist), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "runs" / "hypercl-seed0.json").read_text())
+    assert record["benchmark"] == "pmnist-10" and len(record["acc"]) == 2
+    assert record["config"]["preset_settings"]["hidden"] == [1000, 1000]
+    # 1024 inputs (28x28 padded by 2) into the first of two 1000-unit layers, 10 outputs
+    n_target = 1024 * 1000 + 1000 + 1000 * 1000 + 1000 + 1000 * 10 + 10
+    n_hnet = record["config"]["compression_ratio"] * n_target
+    assert 0.9 * n_target < n_hnet < 1.1 * n_target  # the paper's compressive regime
+
+
+def test_a_stored_run_counts_only_while_its_own_settings_match():
+    settings = json.loads(json.dumps(preset("split-mnist", "paper").to_dict()))
+    budget = {"preset": "paper", "n_tasks": 5, "settings": settings}
+    stronger_ewc = {**settings, "ewc_lambda": 2 * settings["ewc_lambda"]}
+    wider_hnet = {**settings, "hnet": {**settings["hnet"], "hidden": [20, 20]}}
+
+    def record(strategy, preset_settings):
+        return {"strategy": strategy, "preset": "paper", "config": {"n_tasks": 5, "preset_settings": preset_settings}}
+
+    assert _matches(record("ewc", settings), budget)
+    assert not _matches(record("ewc", stronger_ewc), budget)
+    assert _matches(record("hypercl", stronger_ewc), budget)  # EWC's strength is not HyperCL's concern
+    assert not _matches(record("hypercl", wider_hnet), budget)
+    assert _matches(record("naive", wider_hnet), budget)
+    assert not _matches(record("naive", settings), {**budget, "n_tasks": 2})
+
+
+@pytest.mark.parametrize("present", [[], ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]])
+def test_missing_or_incomplete_data_root_is_one_clear_message(tmp_path, capsys, present):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in present:
+        (raw / name).write_bytes(b"")
+    code = main(["split-mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "t10k-images-idx3-ubyte" in err and "t10k-labels-idx1-ubyte" in err
+    assert "MNIST(root=" in err  # how to get them
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["split-mnist", "--strategies", "hypercl,gem"], "unknown strategies ['gem']"),
+        (["split-mnist", "--preset", "huge"], "No preset 'huge' for split-mnist"),
+        (["split-mnist", "--seeds", "0"], "--seeds must be at least 1"),
+        (["cifar-1000"], "invalid choice: 'cifar-1000'"),
+    ],
+)
+def test_bad_options_are_refused_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_synaptic_intelligence_really_regularises_on_cpu():
+    """Avalanche 0.6's SI aliases the live weights on CPU; the runner's SI must not."""
+    from dataclasses import replace
+
+    import torch
+    from avalanche.training.plugins import EvaluationPlugin
+    from helpers import conflicting_stream
+
+    from hypercl import StepBudget
+    from hypercl.bench.datasets import BenchmarkInfo
+    from hypercl.bench.presets import preset
+    from hypercl.bench.strategies import make_strategy
+
+    info = BenchmarkInfo("toy", "task", 2, 16, 4)
+    settings = replace(preset("split-mnist", "quick"), hidden=(32, 32), si_lambda=1e3)
+    strategy = make_strategy("si", info, settings, train_mb_size=32,
+                             evaluator=EvaluationPlugin(loggers=[]), plugins=[StepBudget(20)])  # fmt: skip
+    strategy.train(conflicting_stream(n_tasks=2).train_stream[0])
+    si = next(p for p in strategy.plugins if type(p).__name__ == "SynapticIntelligencePlugin")
+    importance = torch.cat([d.data for d in si.ewc_data[1].values()])
+    assert importance.abs().sum() > 0
+    anchor = si.ewc_data[0]["body.net.1.weight"].data
+    live = strategy.model.body.net[1].weight.flatten()
+    assert anchor.data_ptr() != live.data_ptr()
