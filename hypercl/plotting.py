@@ -35,10 +35,14 @@ def _square(acc: list[list[float | None]]) -> list[list[float | None]]:
     return [row + [None] * (n - len(row)) for row in acc]
 
 
+def strategy_order(name: str) -> tuple[int, str]:
+    """Sort key that lists strategies in the same order in every table and plot (unknown last)."""
+    return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
+
+
 def _strategies(runs: list[dict]) -> list[str]:
-    """The strategies in ``runs``, in the fixed plotting order (unknown names last)."""
-    names = dict.fromkeys(r["strategy"] for r in runs)
-    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    """The strategies in ``runs``, in :func:`strategy_order`."""
+    return sorted({r["strategy"] for r in runs}, key=strategy_order)
 
 
 def average_accuracy_curves(runs: list[dict]) -> dict[str, np.ndarray]:

@@ -8,6 +8,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from hypercl.plotting import strategy_order
+
 RUN_KEYS = (
     "benchmark", "scenario", "strategy", "seed", "preset", "config", "versions", "machine",
     "acc", "final_avg_acc", "bwt", "forgetting", "train_time_s", "time_per_step_ms", "command",
@@ -73,7 +75,7 @@ def _stats(values: list[float]) -> dict:
 def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, command: str) -> dict:
     """``summary.json``: per strategy, mean/std/per-seed of the headline metrics."""
     strategies: dict[str, dict] = {}
-    for name in sorted({r["strategy"] for r in runs}, key=_strategy_order):
+    for name in sorted({r["strategy"] for r in runs}, key=strategy_order):
         mine = sorted((r for r in runs if r["strategy"] == name), key=lambda r: r["seed"])
         strategies[name] = {
             "seeds": [r["seed"] for r in mine],
@@ -91,13 +93,6 @@ def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, c
         "command": command,
         "strategies": strategies,
     }
-
-
-def _strategy_order(name: str) -> tuple[int, str]:
-    from hypercl.bench.strategies import STRATEGIES
-
-    order = list(STRATEGIES)
-    return (order.index(name) if name in order else len(order), name)
 
 
 def _row_mean(row: list[float | None]) -> float:
