@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
 from hypercl.bench.datasets import BENCHMARKS, build, resolve_data_root
 from hypercl.bench.presets import Preset, preset
 from hypercl.bench.results import atomic_write, load_run, write_json
-from hypercl.bench.run import run_one
+from hypercl.bench.run import run_one, silence_avalanche_notices
+from hypercl.bench.strategies import settings_of
 from hypercl.hypernet import HyperNetConfig
 
 GRID: dict[str, list[dict]] = {
@@ -46,9 +46,22 @@ def with_overrides(base: Preset, overrides: dict) -> Preset:
     return replace(base, hnet=hnet, **{k: v for k, v in overrides.items() if k not in hnet_keys})
 
 
+def differences(name: str, record: dict, current: Preset) -> str:
+    """The settings ``name`` uses that ``record`` ran with and ``current`` no longer has."""
+    now = settings_of(name, current.to_dict())
+    then = settings_of(name, record["config"]["preset_settings"])
+    diffs = []
+    for key, value in now.items():
+        old = then.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            diffs += [f"{key}.{k}={old.get(k)}" for k in value if old.get(k) != value[k]]
+        elif old != value:
+            diffs.append(f"{key}={old}")
+    return ", ".join(diffs)
+
+
 def main() -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
-    warnings.filterwarnings("ignore", message="No loggers specified")
+    silence_avalanche_notices()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("benchmark", choices=sorted(BENCHMARKS))
     p.add_argument("--preset", default="paper")
@@ -58,13 +71,16 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     command = shlex.join(["python", "benchmarks/sweep.py", *sys.argv[1:]])
-    info, base = BENCHMARKS[args.benchmark], preset(args.benchmark, args.preset)
-    bm = build(args.benchmark, resolve_data_root(args.data_root), seed=0, validation=0.1)
-
     wanted = args.strategies.split(",")
     unknown = sorted(set(wanted) - set(GRID))
     if unknown:
         p.error(f"no grid for {', '.join(unknown)}; choose from {', '.join(GRID)}")
+    try:
+        info, base = BENCHMARKS[args.benchmark], preset(args.benchmark, args.preset)
+        root = resolve_data_root(args.data_root)
+    except (ValueError, FileNotFoundError) as err:
+        p.error(str(err))
+    bm = None  # built on the first setting that has to run
     rows = []  # every finished setting in --out, so sweep.md keeps earlier invocations' rows
     for name in GRID:
         for overrides in GRID[name]:
@@ -75,6 +91,7 @@ def main() -> int:
                 continue
             if record is None:
                 print(f"{name} {tag}", file=sys.stderr, flush=True)
+                bm = bm or build(args.benchmark, root, seed=0, validation=0.1)
                 record = run_one(bm, info, args.preset, with_overrides(base, overrides), name, 0, device=args.device, command=command)
                 record["overrides"] = overrides
                 record["evaluated_on"] = "validation: 10 % of each task's training set"
@@ -89,15 +106,20 @@ def main() -> int:
         "",
         *(f"- `{c}`" for c in dict.fromkeys(r[2]["command"] for r in rows)),
         "",
-        "| strategy | setting | final avg acc (%) | BWT (points) | best |",
-        "|---|---|---|---|---|",
+        "The last column names the settings a run used where today's preset differs.",
+        "",
+        "| strategy | setting | final avg acc (%) | BWT (points) | best | ran with |",
+        "|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r[0] for r in rows):
         mine = [r for r in rows if r[0] == name]
         best = max(mine, key=lambda r: r[2]["final_avg_acc"])
         for _, tag, rec in mine:
             mark = "**best**" if rec is best[2] else ""
-            lines.append(f"| {name} | {tag} | {100 * rec['final_avg_acc']:.2f} | {100 * rec['bwt']:+.2f} | {mark} |")
+            ran_with = differences(name, rec, with_overrides(base, rec["overrides"]))
+            lines.append(
+                f"| {name} | {tag} | {100 * rec['final_avg_acc']:.2f} | {100 * rec['bwt']:+.2f} | {mark} | {ran_with} |"
+            )
     atomic_write(args.out / "sweep.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

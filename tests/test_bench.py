@@ -82,7 +82,7 @@ def test_permuted_mnist_runs_padded_to_32x32(mnist, tmp_path):
 
 
 def test_a_stored_run_counts_only_while_its_own_settings_match():
-    settings = json.loads(json.dumps(preset("split-mnist", "paper").to_dict()))
+    settings = preset("split-mnist", "paper").to_dict()
     budget = {"preset": "paper", "n_tasks": 5, "settings": settings}
     stronger_ewc = {**settings, "ewc_lambda": 2 * settings["ewc_lambda"]}
     wider_hnet = {**settings, "hnet": {**settings["hnet"], "hidden": [20, 20]}}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import traceback
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from hypercl.bench.results import (
     terminal_table,
     write_json,
 )
-from hypercl.bench.run import run_one
+from hypercl.bench.run import run_one, silence_avalanche_notices
 from hypercl.bench.strategies import STRATEGIES, settings_of
 from hypercl.data import DATA_ROOT_ENV
 from hypercl.plotting import plot_accuracy_matrices, plot_average_accuracy
@@ -57,9 +55,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Avalanche's own deprecation notices and its "no loggers" note are not the user's to fix.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
-    warnings.filterwarnings("ignore", message="No loggers specified")
+    silence_avalanche_notices()
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     command = shlex.join(["hypercl-bench", *argv])
@@ -81,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     info = BENCHMARKS[args.benchmark]
     n_tasks = min(args.tasks or info.n_tasks, info.n_tasks)
-    # JSON round trip, so tuples compare equal to the lists a stored run holds
-    budget = {"preset": args.preset, "n_tasks": n_tasks, "settings": json.loads(json.dumps(settings.to_dict()))}
+    budget = {"preset": args.preset, "n_tasks": n_tasks, "settings": settings.to_dict()}
     out = args.out or Path("results") / (args.benchmark if args.preset == "paper" else f"{args.benchmark}-{args.preset}")
     try:
         root = resolve_data_root(args.data_root)
@@ -155,6 +150,7 @@ def write_summary(out: Path, benchmark: str, scenario: str, budget: dict, comman
     plot_average_accuracy(runs, out / "average_accuracy.png", title)
     plot_accuracy_matrices(runs, out / "accuracy_matrices.png")
     return summary
+
 
 if __name__ == "__main__":
     sys.exit(main())

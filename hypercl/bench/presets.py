@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 
 from torch import nn
@@ -35,9 +36,10 @@ class Preset:
     reset_optimizer: bool = False
 
     def to_dict(self) -> dict:
+        """The settings as they are stored in a run's JSON (lists, activation by name)."""
         d = asdict(self)
         d["hnet"]["activation"] = self.hnet.activation.__name__
-        return d
+        return json.loads(json.dumps(d))
 
 
 _SPLIT = Preset(

@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 import avalanche
 import numpy as np
@@ -22,6 +23,12 @@ from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
+
+
+def silence_avalanche_notices() -> None:
+    """Hide Avalanche's own deprecation notices and its "no loggers" note: not the user's to fix."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
+    warnings.filterwarnings("ignore", message="No loggers specified")
 
 
 class ProgressBar(SupervisedPlugin):
