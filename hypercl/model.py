@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from avalanche.benchmarks.scenarios import CLExperience
@@ -11,7 +12,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hypercl.hypernet import ChunkedHyperNetwork, HyperNetConfig
+from hypercl.inference import TaskInference, make_inference
 from hypercl.layout import Selection, WeightLayout
+
+SCENARIOS = ("task", "domain", "class")
 
 
 class HyperCLModel(MultiTaskModule):
@@ -37,6 +41,18 @@ class HyperCLModel(MultiTaskModule):
         mask_unseen_classes: set the logits of classes a task never had in training to
             ``mask_value`` (multi-head behaviour, as Avalanche's ``MultiHeadClassifier``).
         mask_value: the value masked logits get.
+        scenario: ``"task"`` (CL1): every sample's task label picks its embedding.
+            ``"domain"`` (CL2) and ``"class"`` (CL3): task labels are ignored; in training the
+            experience index is the task, in evaluation each input's task is inferred.
+            ``"domain"`` outputs the inferred task's logits over the shared label space;
+            ``"class"`` maps task ``t``'s ``k``-th output to the ``k``-th smallest class of
+            experience ``t`` and outputs log-probabilities over every class seen so far:
+            ``log((1 - eps) p(c | x, t*) + eps / N)`` with ``t*`` the inferred task and
+            ``eps = 1e-3``, so the argmax is ``t*``'s prediction and the loss stays finite.
+        inference: task-inference method(s) for ``"domain"``/``"class"``: a name from
+            :data:`hypercl.inference.METHODS` or a :class:`~hypercl.inference.TaskInference`,
+            or a sequence of them: the first decides the outputs, all are fitted (to compare
+            them with :meth:`infer`).
     """
 
     def __init__(
@@ -48,8 +64,22 @@ class HyperCLModel(MultiTaskModule):
         freeze_shared: bool = False,
         mask_unseen_classes: bool = True,
         mask_value: float = -1000.0,
+        scenario: Literal["task", "domain", "class"] = "task",
+        inference: str | TaskInference | Sequence[str | TaskInference] = "mahalanobis",
     ) -> None:
         super().__init__()
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}.")
+        methods = [inference] if isinstance(inference, (str, TaskInference)) else list(inference)
+        if not methods:
+            raise ValueError("inference needs at least one method, e.g. 'mahalanobis' or 'entropy'.")
+        self.scenario = scenario
+        self.inference = nn.ModuleList(make_inference(m) for m in methods)
+        self.inference_method = 0
+        """Index into ``inference`` of the method whose choice decides the outputs."""
+        self.active_task: int | None = None
+        self.last_inferred: Tensor | None = None
+        """Task inferred for each input of the last evaluation forward (domain/class)."""
         self.target = target
         self.layout = WeightLayout.from_module(target, generate)
         params = dict(target.named_parameters())
@@ -120,6 +150,15 @@ class HyperCLModel(MultiTaskModule):
         """Add embeddings for new task labels and record each task's classes (training only)."""
         if not self.training:
             return
+        if self.scenario != "task":
+            task = int(experience.current_experience)
+            classes = frozenset(int(c) for c in experience.classes_in_this_experience)
+            self.add_task(task)
+            self._task_classes[task] = classes
+            self.active_task = task
+            self.max_class_label = max(self.max_class_label, max(classes) + 1)
+            self._mask_cache.clear()
+            return
         if not hasattr(experience, "task_labels"):
             raise ValueError(_NO_TASK_LABELS)
         for task, classes in _classes_per_task(experience).items():
@@ -132,8 +171,11 @@ class HyperCLModel(MultiTaskModule):
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
         """Target outputs for a mini-batch whose samples may belong to different tasks.
 
-        The weights of all tasks in the batch come from one hypernetwork pass.
+        The weights of all tasks in the batch come from one hypernetwork pass. In the
+        domain and class scenarios ``task_labels`` is ignored (see ``scenario``).
         """
+        if self.scenario != "task":
+            return self._forward_agnostic(x)
         if task_labels is None:
             raise ValueError(_NO_TASK_LABELS)
         if isinstance(task_labels, int):
@@ -151,13 +193,81 @@ class HyperCLModel(MultiTaskModule):
             out = out.index_copy(0, idx, y)
         return out
 
+    def tasks_of(self, experience: CLExperience) -> set[int]:
+        """The task(s) a training experience trains: its task labels, or in the domain and
+        class scenarios its index in the stream."""
+        if self.scenario != "task":
+            return {int(experience.current_experience)}
+        return {int(t) for t in experience.task_labels}
+
+    def local_labels(self, task: int, y: Tensor) -> Tensor:
+        """Class ids ``y`` of ``task`` as the positions of its outputs (identity unless "class")."""
+        if self.scenario != "class":
+            return y
+        classes = torch.tensor(sorted(self._task_classes[task]), device=y.device)
+        return torch.searchsorted(classes, y)
+
+    def infer(self, x: Tensor, method: int | None = None) -> tuple[Tensor, Tensor]:
+        """Inferred task of every input and the logits of that task's network, with
+        ``self.inference[method]`` (default ``inference_method``): ``(tasks (B,), logits (B, C))``."""
+        method = self.inference_method if method is None else method
+        tasks = self.tasks
+        if not tasks:
+            raise ValueError("This model has not been trained on any task yet, so it cannot infer one.")
+        scores, logits = self.inference[method].scores(self, x, tasks)  # (T, B), (T, B, C)
+        best = scores.argmax(0)
+        return torch.tensor(tasks, device=x.device)[best], logits[best, torch.arange(len(x), device=x.device)]
+
+    def _forward_agnostic(self, x: Tensor) -> Tensor:
+        if self.training:
+            if self.active_task is None:
+                raise ValueError(
+                    "In the domain and class scenarios the task being trained is set by "
+                    "adaptation(experience); train through an Avalanche strategy, or set "
+                    "model.active_task."
+                )
+            logits = self._run(x, self.hnet(self.embeddings([self.active_task]))[0], self.active_task)
+            tasks = torch.full((len(x),), self.active_task, device=x.device)
+        else:
+            tasks, logits = self.infer(x)
+            self.last_inferred = tasks
+        return logits if self.scenario == "domain" else self._class_outputs(logits, tasks)
+
+    def _class_outputs(self, logits: Tensor, tasks: Tensor) -> Tensor:
+        """Task-local logits ``(B, C)`` placed at the global class ids of each sample's task."""
+        n = self.max_class_label
+        idx = self._class_table(logits.shape[1], logits.device)[tasks]  # (B, C); n = no class
+        if self.training:  # the task's own classes only: the same loss as task-incremental training
+            return logits.new_full((len(logits), n + 1), self.mask_value).scatter(1, idx, logits)[:, :n]
+        eps = 1e-3
+        probs = (1 - eps) * logits.masked_fill(idx == n, float("-inf")).softmax(1) + eps / n
+        return logits.new_full((len(logits), n + 1), eps / n).scatter(1, idx, probs)[:, :n].log()
+
+    def _class_table(self, n_out: int, device: torch.device) -> Tensor:
+        """``table[t, k]``: the global class of task ``t``'s ``k``-th output (``max_class_label``
+        where it has none)."""
+        key = (-1, n_out, device)
+        if key in self._mask_cache:
+            return self._mask_cache[key]
+        table = torch.full((max(self._task_classes) + 1, n_out), self.max_class_label, dtype=torch.long, device=device)
+        for task, classes in self._task_classes.items():
+            if len(classes) > n_out:
+                raise ValueError(
+                    f"Experience {task} has {len(classes)} classes but the target has {n_out} "
+                    f"outputs. In the class scenario task t's k-th output is its k-th class: give "
+                    f"the target at least {len(classes)} outputs."
+                )
+            table[task, : len(classes)] = torch.tensor(sorted(classes), device=device)
+        self._mask_cache[key] = table
+        return table
+
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
         return self(x, int(task_label))
 
     def _run(self, x: Tensor, flat: Tensor, task: int) -> Tensor:
         out = functional_call(self.target, self.layout.unflatten(flat), (x,))
         classes = self._task_classes.get(task)
-        if out.dim() == 2 and classes:
+        if out.dim() == 2 and classes and self.scenario == "task":
             if max(classes) >= out.shape[1]:
                 raise ValueError(
                     f"Task {task} has class labels up to {max(classes)} but the target has "

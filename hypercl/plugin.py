@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,6 +10,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor
 from torch.func import functional_call
+from torch.utils.data import DataLoader
 
 from hypercl.lookahead import candidate_step
 from hypercl.model import HyperCLModel
@@ -59,6 +61,8 @@ class HyperCLPlugin(SupervisedPlugin):
         self.earlier_tasks: list[int] = []
         self.last_reg: Tensor | None = None
         """Unscaled regulariser of the last training step (detached), for logging."""
+        self.fit_time_s = 0.0
+        """Seconds spent fitting task inference after each experience, in all."""
 
     def regularizer(
         self, model: HyperCLModel, tasks: Sequence[int], delta: dict[str, Tensor] | None = None
@@ -83,7 +87,7 @@ class HyperCLPlugin(SupervisedPlugin):
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, **kwargs) -> None:
         model = _hypercl_model(strategy)
-        current = {int(t) for t in strategy.experience.task_labels}
+        current = model.tasks_of(strategy.experience)
         for key, emb in model.task_embs.items():
             emb.requires_grad_(int(key) in current)
         self.earlier_tasks = [t for t in self.targets.tasks if t not in current]
@@ -106,9 +110,28 @@ class HyperCLPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         model = _hypercl_model(strategy)
+        if model.scenario != "task":
+            self._fit_inference(strategy, model)
         self.targets.snapshot(model)
         for emb in model.task_embs.values():
             emb.requires_grad_(False)
+
+    def _fit_inference(self, strategy, model: HyperCLModel) -> None:
+        """Let each task-inference method see the finished task's training data (eval transforms)."""
+        methods = [m for m in model.inference if m.needs_fit]
+        if not methods:
+            return
+        start = time.perf_counter()
+        task = model.active_task
+        data = strategy.experience.dataset.eval()
+        loader = DataLoader(data, batch_size=max(strategy.eval_mb_size or 1, 256), collate_fn=getattr(data, "collate_fn", None))
+        was_training = model.training
+        model.eval()
+        for method in methods:
+            batches = ((x.to(strategy.device), model.local_labels(task, y.to(strategy.device))) for x, y, *_ in loader)
+            method.fit_task(model, task, batches)
+        model.train(was_training)
+        self.fit_time_s += time.perf_counter() - start
 
     def _candidate_step(self, strategy, model: HyperCLModel) -> dict[str, Tensor]:
         """Accumulate the loss's gradients into ``.grad`` and return theta's candidate step."""

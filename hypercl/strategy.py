@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from hypercl.hypernet import HyperNetConfig
+from hypercl.inference import TaskInference
 from hypercl.layout import Selection
 from hypercl.model import HyperCLModel
 from hypercl.plugin import HyperCLPlugin
@@ -47,6 +48,9 @@ class HyperCL(SupervisedTemplate):
         reset_optimizer_state: reset the optimizer's state (e.g. Adam's moments) at every
             experience, as the paper's code does.
         mask_unseen_classes: mask logits of classes a task never had in training.
+        scenario: ``"task"`` (task labels given), ``"domain"`` or ``"class"`` (task inferred at
+            evaluation; see :class:`~hypercl.model.HyperCLModel`).
+        inference: task-inference method(s) for the domain and class scenarios.
         train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
         eval_every, peval_mode: as in Avalanche's strategies.
     """
@@ -67,6 +71,8 @@ class HyperCL(SupervisedTemplate):
         lr: float = 1e-3,
         reset_optimizer_state: bool = False,
         mask_unseen_classes: bool = True,
+        scenario: Literal["task", "domain", "class"] = "task",
+        inference: str | TaskInference | Sequence[str | TaskInference] = "mahalanobis",
         train_mb_size: int = 128,
         train_epochs: int = 1,
         eval_mb_size: int | None = None,
@@ -83,6 +89,8 @@ class HyperCL(SupervisedTemplate):
             generate=generate,
             freeze_shared=freeze_shared,
             mask_unseen_classes=mask_unseen_classes,
+            scenario=scenario,
+            inference=inference,
         )
         if optimizer is None:
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)

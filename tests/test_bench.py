@@ -96,6 +96,46 @@ def test_a_stored_run_counts_only_while_its_own_settings_match():
     assert not _matches(record("hypercl", wider_hnet), budget)
     assert _matches(record("naive", wider_hnet), budget)
     assert not _matches(record("naive", settings), {**budget, "n_tasks": 2})
+    assert not _matches(record("naive", settings), {**budget, "scenario": "class"})
+    # HyperCL's task-inference method matters only where tasks are inferred
+    other_inference = {**settings, "inference": "entropy"}
+    assert _matches(record("hypercl", other_inference), budget)
+    class_budget = {**budget, "scenario": "class"}
+    assert not _matches({**record("hypercl", other_inference), "scenario": "class"}, class_budget)
+    assert _matches({**record("hypercl", settings), "scenario": "class"}, class_budget)
+
+
+@pytest.mark.parametrize(("scenario", "labels", "task_label"), [
+    ("task", [0, 1], 1), ("domain", [0, 1], 0), ("class", [2, 3], 0),
+])  # fmt: skip
+def test_scenarios_relabel_split_mnist(mnist, scenario, labels, task_label):
+    from hypercl.bench.datasets import build
+
+    bm = build("split-mnist", mnist, 0, scenario=scenario, n_tasks=2)
+    exp = bm.test_stream[1]  # digits 2 and 3
+    assert sorted(exp.classes_in_this_experience) == labels
+    assert exp.task_label == task_label
+
+
+def test_class_scenario_run_records_task_inference_per_method(mnist, tmp_path):
+    out = tmp_path / "cl3"
+    argv = ["split-mnist", "--scenario", "class", "--strategies", "hypercl,naive", "--steps", "20",
+            "--tasks", "2", "--data-root", str(mnist), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "runs" / "hypercl-seed0.json").read_text())
+    assert record["scenario"] == "class" and record["config"]["inference"][0] == "mahalanobis"
+    assert record["task_inference_acc"][0] == [1.0, None]  # one task learned: nothing to confuse
+    assert 0.5 < record["final_avg_task_inference_acc"] <= 1.0
+    methods = record["inference_methods"]
+    assert set(methods) == {"mahalanobis", "mahalanobis-hidden", "entropy", "oneshot"}
+    # the first method decides the outputs Avalanche's metrics saw
+    assert methods["mahalanobis"]["acc"] == pytest.approx(record["acc"][-1])
+    assert methods["mahalanobis"]["task_inference_acc"] == pytest.approx(record["task_inference_acc"][-1])
+    for m in methods.values():  # right class needs the right task (and both digits are new classes)
+        assert all(a <= t + 1e-9 for a, t in zip(m["acc"], m["task_inference_acc"]))
+    naive = json.loads((out / "runs" / "naive-seed0.json").read_text())
+    assert "task_inference_acc" not in naive and naive["acc"][1][0] < 0.2  # one head: task 1 overwrites digits 0/1
+    assert "task inference by method" in (out / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("present", [[], ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]])
@@ -119,6 +159,8 @@ def test_missing_or_incomplete_data_root_is_one_clear_message(tmp_path, capsys, 
         (["split-mnist", "--preset", "huge"], "No preset 'huge' for split-mnist"),
         (["split-mnist", "--seeds", "0"], "--seeds must be at least 1"),
         (["cifar-1000"], "invalid choice: 'cifar-1000'"),
+        (["pmnist-100", "--scenario", "class"], "use pmnist-10 for the domain and class scenarios"),
+        (["split-mnist", "--scenario", "classes"], "invalid choice: 'classes'"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(argv, message, capsys):

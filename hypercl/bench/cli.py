@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hypercl.bench.datasets import BENCHMARKS, build, resolve_data_root
+from hypercl.bench.datasets import BENCHMARKS, SCENARIOS, build, info_of, resolve_data_root
 from hypercl.bench.presets import preset
 from hypercl.bench.results import (
     atomic_write,
@@ -35,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
         "write per-run JSON, summary.json, summary.md and plots.",
     )
     p.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    p.add_argument(
+        "--scenario",
+        default="task",
+        choices=list(SCENARIOS),
+        help="; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()),
+    )
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
     p.add_argument("--preset", default="quick", help="paper (the paper's settings) or quick (minutes on a CPU)")
@@ -45,7 +51,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--out", type=Path, default=None, help="results folder (default: results/<benchmark>[-<preset> unless paper])"
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: results/<benchmark>[-<scenario> unless task][-<preset> unless paper])",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--steps", type=int, default=None, help="steps per task instead of the preset's (smoke runs)")
@@ -75,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, steps=args.steps)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = BENCHMARKS[args.benchmark]
+    try:
+        info = info_of(args.benchmark, args.scenario)
+    except ValueError as err:
+        parser().error(str(err))
     n_tasks = min(args.tasks or info.n_tasks, info.n_tasks)
-    budget = {"preset": args.preset, "n_tasks": n_tasks, "settings": settings.to_dict()}
-    out = args.out or Path("results") / (args.benchmark if args.preset == "paper" else f"{args.benchmark}-{args.preset}")
+    budget = {"preset": args.preset, "scenario": info.scenario, "n_tasks": n_tasks, "settings": settings.to_dict()}
+    out = args.out or Path("results") / "-".join(
+        [args.benchmark] + [args.scenario] * (args.scenario != "task") + [args.preset] * (args.preset != "paper")
+    )
     try:
         root = resolve_data_root(args.data_root)
     except FileNotFoundError as err:
@@ -94,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)  # fmt: skip
         if not todo:
             continue
-        benchmark = build(args.benchmark, root, seed, n_tasks=n_tasks)
+        benchmark = build(args.benchmark, root, seed, scenario=info.scenario, n_tasks=n_tasks)
         for name in todo:
-            print(f"{args.benchmark} [{args.preset}] {name} seed {seed}", file=sys.stderr, flush=True)
+            print(f"{args.benchmark} {info.scenario} [{args.preset}] {name} seed {seed}", file=sys.stderr, flush=True)
             try:
                 record = run_one(
                     benchmark, info, args.preset, settings, name, seed,
@@ -121,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _matches(record: dict, budget: dict) -> bool:
     """Whether ``record`` ran under ``budget``: same preset, tasks and the settings its strategy uses."""
-    cfg, name = record["config"], record["strategy"]
+    cfg, name, scenario = record["config"], record["strategy"], budget.get("scenario", "task")
     return (
         record["preset"] == budget["preset"]
+        and record.get("scenario", "task") == scenario
         and cfg.get("n_tasks") == budget["n_tasks"]
         and name in STRATEGIES
-        and settings_of(name, cfg.get("preset_settings", {})) == settings_of(name, budget["settings"])
+        and settings_of(name, cfg.get("preset_settings", {}), scenario) == settings_of(name, budget["settings"], scenario)
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,18 @@ class BenchmarkInfo:
     n_tasks: int
     in_features: int
     classes_per_task: int
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of a single-head classifier: all classes in the class scenario."""
+        return self.classes_per_task * (self.n_tasks if self.scenario == "class" else 1)
+
+
+SCENARIOS = {
+    "task": "task-incremental (CL1): the task label is given",
+    "domain": "domain-incremental (CL2): no task label, one label space shared by all tasks",
+    "class": "class-incremental (CL3): no task label, each task brings new classes",
+}
 
 
 BENCHMARKS = {
@@ -64,8 +76,39 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
     return mnist_root(cache)
 
 
-def build(name: str, root: Path, seed: int, *, validation: float = 0.0, n_tasks: int | None = None):
+def info_of(name: str, scenario: str = "task") -> BenchmarkInfo:
+    """The benchmark ``name`` in ``scenario``.
+
+    Raises:
+        ValueError: unknown benchmark or scenario, or a pair that is not built.
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}.")
+    if scenario not in SCENARIOS:
+        raise ValueError(f"Unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}.")
+    if scenario != "task" and name == "pmnist-100":
+        raise ValueError(
+            "pmnist-100 is built task-incremental only (it is too large to hold in memory and "
+            "relabel); use pmnist-10 for the domain and class scenarios."
+        )
+    return replace(BENCHMARKS[name], scenario=scenario)
+
+
+def build(
+    name: str,
+    root: Path,
+    seed: int,
+    *,
+    scenario: str = "task",
+    validation: float = 0.0,
+    n_tasks: int | None = None,
+):
     """The benchmark ``name`` with fixed class order and seeded permutations, as tensors.
+
+    ``scenario`` sets the labels: ``"task"`` gives every sample its task label and class
+    ids from zero in each task; ``"domain"`` keeps those class ids and sets every task
+    label to 0; ``"class"`` sets every task label to 0 and gives task ``t``'s ``k``-th
+    class the id ``t * classes_per_task + k`` (Split MNIST: the digit itself).
 
     ``n_tasks`` builds only the first tasks of a permuted benchmark (the same
     permutations as in the full stream); Split MNIST always has its five.
@@ -82,7 +125,7 @@ def build(name: str, root: Path, seed: int, *, validation: float = 0.0, n_tasks:
     from avalanche.benchmarks.classic import PermutedMNIST, SplitMNIST
     from torchvision import transforms
 
-    info = BENCHMARKS[name]
+    info = info_of(name, scenario)
     if name == "split-mnist":
         bm = SplitMNIST(
             n_experiences=info.n_tasks,
@@ -117,10 +160,17 @@ def build(name: str, root: Path, seed: int, *, validation: float = 0.0, n_tasks:
         cut = [int(round(validation * len(i))) for i in splits]
         test = [(x[i[:c]], y[i[:c]]) for (x, y), i, c in zip(train, splits, cut)]
         train = [(x[i[c:]], y[i[c:]]) for (x, y), i, c in zip(train, splits, cut)]
+    task_labels = [e.task_label for e in bm.train_stream]
+    if scenario != "task":
+        task_labels = [0] * len(task_labels)
+    if scenario == "class":
+        k = info.classes_per_task
+        train = [(x, y + t * k) for t, (x, y) in enumerate(train)]
+        test = [(x, y + t * k) for t, (x, y) in enumerate(test)]
     return tensors_benchmark(
         train_tensors=train,
         test_tensors=test,
-        task_labels=[e.task_label for e in bm.train_stream],
+        task_labels=task_labels,
         complete_test_set_only=False,
     )
 

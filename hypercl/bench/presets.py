@@ -34,6 +34,7 @@ class Preset:
     reg_tasks: int | None = None
     lookahead: bool = True
     reset_optimizer: bool = False
+    inference: str = "mahalanobis"  # HyperCL's task inference in the domain and class scenarios
 
     def to_dict(self) -> dict:
         """The settings as they are stored in a run's JSON (lists, activation by name)."""

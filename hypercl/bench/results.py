@@ -80,6 +80,7 @@ def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, c
         strategies[name] = {
             "seeds": [r["seed"] for r in mine],
             **{k: _stats([r[k] for r in mine]) for k in ("final_avg_acc", "bwt", "forgetting")},
+            **_inference_stats(mine),
             "time_per_step_ms": _stats([r["time_per_step_ms"] for r in mine]),
             "avg_acc_curve": [
                 statistics.fmean(_row_mean(r["acc"][i]) for r in mine) for i in range(len(mine[0]["acc"]))
@@ -92,6 +93,23 @@ def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, c
         "seeds": sorted({r["seed"] for r in runs}),
         "command": command,
         "strategies": strategies,
+    }
+
+
+def _inference_stats(runs: list[dict]) -> dict:
+    """Task-inference accuracy, overall and per method, where the runs inferred tasks."""
+    if not all("final_avg_task_inference_acc" in r for r in runs):
+        return {}
+    methods = runs[0]["inference_methods"]
+    return {
+        "final_avg_task_inference_acc": _stats([r["final_avg_task_inference_acc"] for r in runs]),
+        "inference_methods": {
+            m: {
+                k: _stats([r["inference_methods"][m][k] for r in runs])
+                for k in ("final_avg_acc", "final_avg_task_inference_acc", "ms_per_1000_inputs")
+            }
+            for m in methods
+        },
     }
 
 
@@ -119,6 +137,21 @@ def markdown_table(summary: dict) -> str:
     for name, s in summary["strategies"].items():
         ms = s["time_per_step_ms"]["mean"]
         lines.append(f"| {name} | {_pct(s['final_avg_acc'])} | {_pct(s['bwt'], '+')} | {_pct(s['forgetting'])} | {ms:.1f} |")
+    for name, s in summary["strategies"].items():
+        if "inference_methods" not in s:
+            continue
+        lines += [
+            "",
+            f"{name}: task inference by method, after the last task (the first method decides the outputs above)",
+            "",
+            "| method | task-inference acc (%) | final avg acc (%) | ms / 1000 inputs |",
+            "|---|---|---|---|",
+        ]
+        for method, m in s["inference_methods"].items():
+            lines.append(
+                f"| {method} | {_pct(m['final_avg_task_inference_acc'])} | {_pct(m['final_avg_acc'])} "
+                f"| {m['ms_per_1000_inputs']['mean']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import hypercl
@@ -23,6 +24,7 @@ from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
+from hypercl.metrics import task_inference_metrics
 
 
 def silence_avalanche_notices() -> None:
@@ -61,6 +63,49 @@ def accuracy_matrix_row(metrics: dict, stream) -> list[float]:
     return [metrics[f"{prefix}/Task{e.task_label:03d}/Exp{e.current_experience:03d}"] for e in stream]
 
 
+def task_inference_row(metrics: dict, stream) -> list[float]:
+    """Task-inference accuracy on each experience of ``stream`` (domain and class scenarios)."""
+    prefix = "TaskInference_Exp/eval_phase/test_stream"
+    return [metrics[f"{prefix}/Exp{e.current_experience:03d}"] for e in stream]
+
+
+@torch.no_grad()
+def compare_inference(model, stream, device: str) -> dict:
+    """Every fitted task-inference method of ``model`` on every experience of ``stream``.
+
+    Per method: task-inference accuracy and accuracy (right task and right class) per
+    experience, their means, and the inference time per 1000 inputs.
+    """
+    model.eval()
+    out = {}
+    for k, method in enumerate(model.inference):
+        task_acc, acc, seconds, n = [], [], 0.0, 0
+        for exp in stream:
+            hits = right = 0
+            for x, y, *_ in DataLoader(exp.dataset.eval(), batch_size=1000):
+                x, y = x.to(device), y.to(device)
+                start = time.perf_counter()
+                model.inference_method = k
+                pred = model(x).argmax(1)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                seconds += time.perf_counter() - start
+                hits += (model.last_inferred == exp.current_experience).sum().item()
+                right += (pred == y).sum().item()
+                n += len(y)
+            task_acc.append(hits / len(exp.dataset))
+            acc.append(right / len(exp.dataset))
+        out[method.name] = {
+            "task_inference_acc": task_acc,
+            "acc": acc,
+            "final_avg_task_inference_acc": sum(task_acc) / len(task_acc),
+            "final_avg_acc": sum(acc) / len(acc),
+            "ms_per_1000_inputs": 1e6 * seconds / n,
+        }
+    model.inference_method = 0
+    return out
+
+
 def run_one(
     benchmark,
     info: BenchmarkInfo,
@@ -79,7 +124,9 @@ def run_one(
     ``n_tasks`` stops after that many tasks (smoke runs).
     """
     RNGManager.set_random_seeds(seed)
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    infers = strategy_name == "hypercl" and info.scenario != "task"
+    metrics = [accuracy_metrics(experience=True), *(task_inference_metrics() if infers else ())]
+    evaluator = EvaluationPlugin(*metrics, loggers=[])
     strategy = make_strategy(
         strategy_name,
         info,
@@ -90,7 +137,7 @@ def run_one(
         evaluator=evaluator,
         plugins=[StepBudget(preset.steps), ProgressBar(f"{strategy_name} seed {seed}", preset.steps)],
     )
-    acc, train_time = [], 0.0
+    acc, task_acc, train_time = [], [], 0.0
     n_tasks = min(n_tasks or len(benchmark.train_stream), len(benchmark.train_stream))
     for i, exp in enumerate(benchmark.train_stream[:n_tasks]):
         start = time.perf_counter()
@@ -99,7 +146,10 @@ def run_one(
             torch.cuda.synchronize()
         train_time += time.perf_counter() - start
         seen = benchmark.test_stream[: i + 1]
-        acc.append(accuracy_matrix_row(strategy.eval(seen), seen) + [None] * (n_tasks - i - 1))
+        metrics = strategy.eval(seen)
+        acc.append(accuracy_matrix_row(metrics, seen) + [None] * (n_tasks - i - 1))
+        if infers:
+            task_acc.append(task_inference_row(metrics, seen) + [None] * (n_tasks - i - 1))
     config = {
         "preset_settings": preset.to_dict(),
         "steps_per_task": preset.steps,
@@ -107,8 +157,17 @@ def run_one(
         "eval_mb_size": 1000,
         "device": device,
     }
+    extra = {}
+    if infers:  # fitting task inference after each task is not training: timed apart
+        extra["inference_fit_s"] = strategy.hypercl.fit_time_s
+        train_time -= strategy.hypercl.fit_time_s
     if strategy_name == "hypercl":
         config["compression_ratio"] = strategy.model.compression_ratio()
+    if infers:
+        config["inference"] = [m.name for m in strategy.model.inference]
+        extra["task_inference_acc"] = task_acc
+        extra["final_avg_task_inference_acc"] = sum(task_acc[-1]) / n_tasks
+        extra["inference_methods"] = compare_inference(strategy.model, benchmark.test_stream[:n_tasks], device)
     return {
         "benchmark": info.name,
         "scenario": info.scenario,
@@ -122,6 +181,7 @@ def run_one(
         **cl_metrics(acc),
         "train_time_s": train_time,
         "time_per_step_ms": 1000 * train_time / (preset.steps * n_tasks),
+        **extra,
         "command": command,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from hypercl.bench.avalanche_fixes import fix_synaptic_intelligence_on_cpu
 from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
+from hypercl.inference import METHODS
 from hypercl.strategy import HyperCL
 from hypercl.targets import MLP
 
@@ -33,8 +34,13 @@ class MultiHeadMLP(MultiTaskModule):
 
 
 def _hypercl(info: BenchmarkInfo, p: Preset, **common):
+    # In the domain and class scenarios every task-inference method is fitted, so the run
+    # can report each; the preset's method decides the outputs Avalanche's metrics see.
+    methods = [p.inference, *(m for m in METHODS if m != p.inference)]
     return HyperCL(
         target=MLP(info.in_features, p.hidden, info.classes_per_task),
+        scenario=info.scenario,
+        inference=methods,
         hnet=p.hnet,
         beta=p.beta,
         reg_tasks=p.reg_tasks,
@@ -47,7 +53,10 @@ def _hypercl(info: BenchmarkInfo, p: Preset, **common):
 
 def _baseline(cls, **extra) -> Callable:
     def make(info: BenchmarkInfo, p: Preset, **common):
-        model = MultiHeadMLP(info.in_features, p.hidden, info.classes_per_task)
+        if info.scenario == "task":
+            model = MultiHeadMLP(info.in_features, p.hidden, info.classes_per_task)
+        else:  # one head over the shared label space (domain) or over every class (class)
+            model = MLP(info.in_features, p.hidden, info.n_outputs)
         opt = torch.optim.Adam(model.parameters(), lr=p.lr)
         kwargs = {k: (v(p) if callable(v) else v) for k, v in extra.items()}
         return cls(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(), **kwargs, **common)
@@ -82,9 +91,12 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def settings_of(name: str, preset_settings: dict) -> dict:
+def settings_of(name: str, preset_settings: dict, scenario: str = "task") -> dict:
     """The part of a preset's settings (as in a run's JSON) that strategy ``name`` uses."""
-    return {k: preset_settings.get(k) for k in SETTINGS[name]}
+    keys = SETTINGS[name]
+    if name == "hypercl" and scenario != "task":
+        keys = (*keys, "inference")
+    return {k: preset_settings.get(k) for k in keys}
 
 
 def make_strategy(name: str, info: BenchmarkInfo, preset: Preset, **common):
