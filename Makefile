@@ -5,11 +5,11 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-# Folder holding MNIST/raw/... (and later CIFAR); override: make test HYPERCL_DATA_ROOT=/my/data
+# Folder holding MNIST/raw/... and cifar-100-python/ (cifar-10-batches-py/ for Split CIFAR-10/100); override: make test HYPERCL_DATA_ROOT=/my/data
 HYPERCL_DATA_ROOT ?= ../shared/data
 export HYPERCL_DATA_ROOT
 
-.PHONY: install test split-mnist quickstart paper clean
+.PHONY: install test split-mnist split-cifar quickstart paper clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: install
 
 split-mnist: install
 	$(VENV)/bin/hypercl-bench split-mnist --preset quick
+
+# Split CIFAR-100 (10 x 10 classes), every strategy, the CPU preset (under 40 minutes on 2 cores).
+split-cifar: install
+	$(VENV)/bin/hypercl-bench split-cifar100 --preset cpu
 
 quickstart: install
 	$(VENV)/bin/python benchmarks/quickstart.py

@@ -1,5 +1,7 @@
 """hypercl: continual learning with task-conditioned hypernetworks, as an Avalanche strategy."""
 
+from hypercl.augment import BatchAugment, random_crop_flip
+from hypercl.cifar import load_cifar, split_cifar10_100, split_cifar100
 from hypercl.hypernet import ChunkedHyperNetwork, HyperNetConfig
 from hypercl.inference import EntropyInference, MahalanobisInference, OneShotInference, TaskInference
 from hypercl.layout import WeightLayout
@@ -9,13 +11,16 @@ from hypercl.plugin import HyperCLPlugin
 from hypercl.regularizer import FrozenCopyTargets, StoredTargets, output_regularizer
 from hypercl.strategy import HyperCL
 from hypercl.budget import StepBudget
-from hypercl.targets import MLP
+from hypercl.schedule import EpochSchedule
+from hypercl.targets import MLP, ResNet, ZenkeNet, resnet32
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchAugment",
     "ChunkedHyperNetwork",
     "EntropyInference",
+    "EpochSchedule",
     "FrozenCopyTargets",
     "HyperCL",
     "HyperCLModel",
@@ -24,11 +29,18 @@ __all__ = [
     "MLP",
     "MahalanobisInference",
     "OneShotInference",
+    "ResNet",
     "StepBudget",
     "StoredTargets",
     "TaskInference",
     "TaskInferenceAccuracy",
     "WeightLayout",
+    "ZenkeNet",
+    "load_cifar",
     "output_regularizer",
+    "random_crop_flip",
+    "resnet32",
+    "split_cifar10_100",
+    "split_cifar100",
     "task_inference_metrics",
 ]

@@ -42,11 +42,22 @@ def task_logits(model, x: Tensor, tasks: list[int]) -> Tensor:
     """Outputs of every task's network on every input: ``(len(tasks), B, C)``.
 
     One hypernetwork pass generates all tasks' weights; the target runs on the whole
-    batch once per task, vectorised over tasks with ``vmap``.
+    batch once per task (with that task's running statistics), vectorised over tasks
+    with ``vmap``.
     """
     flat = model.hnet(model.embeddings(tasks))  # (T, P)
-    run = lambda w: functional_call(model.target, model.layout.unflatten(w), (x,))  # noqa: E731
-    return vmap(run)(flat)
+    return vmap(_runner(model, x))(flat, stacked_stats(model, tasks))
+
+
+def stacked_stats(model, tasks: list[int]) -> dict[str, Tensor]:
+    """Every task's running statistics stacked along a first dimension ``(T, ...)``."""
+    per_task = [model.stats(t) for t in tasks]
+    return {n: torch.stack([s[n] for s in per_task]) for n in model.stat_names}
+
+
+def _runner(model, x: Tensor) -> Callable[[Tensor, dict[str, Tensor]], Tensor]:
+    """``(flat weights, running statistics) -> target outputs on x``."""
+    return lambda w, s: functional_call(model.target, model.layout.unflatten(w) | s, (x,))
 
 
 class TaskInference(nn.Module):
@@ -107,10 +118,13 @@ class OneShotInference(_Tempered):
 
     def scores(self, model, x, tasks):
         flat = model.hnet(model.embeddings(tasks)).detach()  # (T, P)
-        run = lambda w: functional_call(model.target, model.layout.unflatten(w), (x,))  # noqa: E731
-        h = lambda w: entropy(run(w) / self.temperature)  # noqa: E731
+        stats = stacked_stats(model, tasks)
+        run = _runner(model, x)
+        # The superposed network normalises with the tasks' mean running statistics.
+        mean_stats = {n: s.float().mean(0).to(s.dtype) for n, s in stats.items()}
+        h = lambda w: entropy(run(w, mean_stats) / self.temperature)  # noqa: E731
         slopes = vmap(lambda w_t: jvp(h, (flat.mean(0),), (w_t,))[1])(flat)  # (T, B)
-        return -slopes, vmap(run)(flat)
+        return -slopes, vmap(run)(flat, stats)
 
 
 class MahalanobisInference(TaskInference):
@@ -159,7 +173,7 @@ class MahalanobisInference(TaskInference):
 
     @torch.no_grad()
     def fit_task(self, model, task, batches):
-        w = model.generate(task)
+        w = model.functional_params(task)
         feats, labels, n = [], [], 0
         for x, y in batches:
             feats.append(self._features(model, w, x)[0].double())
@@ -180,7 +194,7 @@ class MahalanobisInference(TaskInference):
         flat = model.hnet(model.embeddings(tasks))  # (T, P)
         scores, logits = [], []
         for task, w in zip(tasks, flat):
-            f, out = self._features(model, model.layout.unflatten(w), x)  # (B, D), (B, C)
+            f, out = self._features(model, model.functional_params(task, w), x)  # (B, D), (B, C)
             diff = f[:, None, :] - self._buffer("means", task)  # (B, K, D)
             dist = torch.einsum("bkd,de,bke->bk", diff, self._buffer("precision", task), diff)
             scores.append(-dist.min(1).values)

@@ -53,6 +53,11 @@ class HyperCLModel(MultiTaskModule):
             :data:`hypercl.inference.METHODS` or a :class:`~hypercl.inference.TaskInference`,
             or a sequence of them: the first decides the outputs, all are fitted (to compare
             them with :meth:`infer`).
+        task_stats: keep the running statistics of the target's normalisation layers
+            (batch norm) per task: each task's forward passes use and update its own copy,
+            created fresh from the target's initial buffers when the task arrives, so
+            evaluating an old task uses the statistics of its own data. ``False`` shares
+            the target's buffers across tasks (they then follow the latest task).
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class HyperCLModel(MultiTaskModule):
         mask_value: float = -1000.0,
         scenario: Literal["task", "domain", "class"] = "task",
         inference: str | TaskInference | Sequence[str | TaskInference] = "mahalanobis",
+        task_stats: bool = True,
     ) -> None:
         super().__init__()
         if scenario not in SCENARIOS:
@@ -96,6 +102,9 @@ class HyperCLModel(MultiTaskModule):
             if name in generated or freeze_shared:
                 p.requires_grad_(False)
         self.task_embs = nn.ParameterDict()
+        self.stat_names = _running_stat_names(target) if task_stats else ()
+        """Target buffers kept per task (batch-norm running statistics)."""
+        self.task_stats = nn.ModuleDict()
         self.mask_unseen_classes = mask_unseen_classes
         self.mask_value = mask_value
         self._task_classes: dict[int, frozenset[int]] = {}
@@ -114,6 +123,24 @@ class HyperCLModel(MultiTaskModule):
         ref = self.hnet.chunk_embs
         emb = torch.randn(self.hnet.config.task_emb_dim, device=ref.device, dtype=ref.dtype)
         self.task_embs[str(task)] = nn.Parameter(emb)
+        if self.stat_names:
+            buffers = dict(self.target.named_buffers())
+            self.task_stats[str(task)] = _Buffers({n: buffers[n].clone() for n in self.stat_names})
+
+    def stats(self, task: int) -> dict[str, Tensor]:
+        """The running statistics ``task``'s forward passes use, keyed by buffer name (empty
+        without ``task_stats`` or normalisation layers)."""
+        if not self.stat_names:
+            return {}
+        if str(task) not in self.task_stats:
+            self.embeddings([task])  # raises the message for a task that was never trained
+        return self.task_stats[str(task)].as_dict()
+
+    def functional_params(self, task: int, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """What ``functional_call(self.target, ...)`` needs to run ``task``: its generated
+        weights (from ``flat``, else a fresh hypernetwork pass) and its running statistics."""
+        weights = self.generate(task) if flat is None else self.layout.unflatten(flat)
+        return weights | self.stats(task)
 
     def embeddings(self, tasks: Sequence[int]) -> Tensor:
         """Stacked embeddings ``(len(tasks), task_emb_dim)``.
@@ -184,11 +211,11 @@ class HyperCLModel(MultiTaskModule):
         tasks = tasks.tolist()
         flat = self.hnet(self.embeddings(tasks))  # (U, P)
         if len(tasks) == 1:
-            return self._run(x, flat[0], tasks[0])
+            return self.run_weights(x, flat[0], tasks[0])
         out = None
         for i, task in enumerate(tasks):
             idx = (inverse == i).nonzero().squeeze(1)
-            y = self._run(x[idx], flat[i], task)
+            y = self.run_weights(x[idx], flat[i], task)
             out = y.new_zeros((len(x), *y.shape[1:])) if out is None else out
             out = out.index_copy(0, idx, y)
         return out
@@ -226,7 +253,7 @@ class HyperCLModel(MultiTaskModule):
                     "adaptation(experience); train through an Avalanche strategy, or set "
                     "model.active_task."
                 )
-            logits = self._run(x, self.hnet(self.embeddings([self.active_task]))[0], self.active_task)
+            logits = self.run_weights(x, self.hnet(self.embeddings([self.active_task]))[0], self.active_task)
             tasks = torch.full((len(x),), self.active_task, device=x.device)
         else:
             tasks, logits = self.infer(x)
@@ -264,8 +291,10 @@ class HyperCLModel(MultiTaskModule):
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
         return self(x, int(task_label))
 
-    def _run(self, x: Tensor, flat: Tensor, task: int) -> Tensor:
-        out = functional_call(self.target, self.layout.unflatten(flat), (x,))
+    def run_weights(self, x: Tensor, flat: Tensor, task: int) -> Tensor:
+        """Target outputs for ``x`` with the flat weights ``flat`` (a row of ``self.hnet(...)``,
+        from any embedding), task ``task``'s running statistics and its class mask."""
+        out = functional_call(self.target, self.functional_params(task, flat), (x,))
         classes = self._task_classes.get(task)
         if out.dim() == 2 and classes and self.scenario == "task":
             if max(classes) >= out.shape[1]:
@@ -292,6 +321,28 @@ _NO_TASK_LABELS = (
     "Use a benchmark with task labels (e.g. SplitMNIST(..., return_task_id=True)), "
     "or call model(x, task_labels)."
 )
+
+
+class _Buffers(nn.Module):
+    """One task's copy of the target's running statistics, as buffers (in the state dict)."""
+
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.names = tuple(tensors)
+        for name, t in tensors.items():
+            self.register_buffer(name.replace(".", "__"), t)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {n: getattr(self, n.replace(".", "__")) for n in self.names}
+
+
+def _running_stat_names(target: nn.Module) -> tuple[str, ...]:
+    """Buffers of the target's normalisation layers that track running statistics."""
+    names = []
+    for prefix, module in target.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            names += [f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False)]
+    return tuple(names)
 
 
 def _classes_per_task(experience: CLExperience) -> dict[int, frozenset[int]]:

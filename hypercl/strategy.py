@@ -51,6 +51,8 @@ class HyperCL(SupervisedTemplate):
         scenario: ``"task"`` (task labels given), ``"domain"`` or ``"class"`` (task inferred at
             evaluation; see :class:`~hypercl.model.HyperCLModel`).
         inference: task-inference method(s) for the domain and class scenarios.
+        task_stats: keep batch-norm running statistics per task (see
+            :class:`~hypercl.model.HyperCLModel`).
         train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
         eval_every, peval_mode: as in Avalanche's strategies.
     """
@@ -73,6 +75,7 @@ class HyperCL(SupervisedTemplate):
         mask_unseen_classes: bool = True,
         scenario: Literal["task", "domain", "class"] = "task",
         inference: str | TaskInference | Sequence[str | TaskInference] = "mahalanobis",
+        task_stats: bool = True,
         train_mb_size: int = 128,
         train_epochs: int = 1,
         eval_mb_size: int | None = None,
@@ -91,6 +94,7 @@ class HyperCL(SupervisedTemplate):
             mask_unseen_classes=mask_unseen_classes,
             scenario=scenario,
             inference=inference,
+            task_stats=task_stats,
         )
         if optimizer is None:
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -70,3 +70,36 @@ def set_all_params(module: nn.Module, value: float) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.fill_(value)
+
+
+def write_cifar(root, name: str, per_class: int = 4, test_per_class: int = 2, seed: int = 0) -> dict:
+    """Small CIFAR files in the original python-pickle layout under ``root``.
+
+    ``per_class`` training and ``test_per_class`` test images of every class, shuffled;
+    CIFAR-10's training images are spread over its five batch files. Returns the
+    written ``{"train": (data, labels), "test": (data, labels)}`` as numpy arrays.
+    """
+    import pickle
+
+    import numpy as np
+
+    from hypercl.cifar import CIFAR
+
+    fmt = CIFAR[name]
+    rng = np.random.default_rng(seed)
+    folder = root / fmt.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, files, n in (("train", fmt.train, per_class), ("test", fmt.test, test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(fmt.n_classes), n))
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        written[split] = (data, labels)
+        for file, part in zip(files, np.array_split(np.arange(len(labels)), len(files))):
+            batch = {b"batch_label": file.encode(), b"data": data[part], fmt.label_key: labels[part].tolist()}
+            if name == "cifar100":
+                batch[b"coarse_labels"] = (labels[part] // 5).tolist()
+            with open(folder / file, "wb") as f:
+                pickle.dump(batch, f)
+    with open(folder / fmt.meta, "wb") as f:
+        pickle.dump({fmt.names_key: [f"class{i}".encode() for i in range(fmt.n_classes)]}, f)
+    return written

@@ -53,7 +53,7 @@ def test_runner_writes_every_result_file_and_resumes(mnist, tmp_path, capsys):
     assert set(stat) == {"mean", "std", "per_seed"} and len(stat["per_seed"]) == 2
     assert "bwt" in summary["strategies"]["ewc"]
     assert "| hypercl |" in (out / "summary.md").read_text()
-    for png in ("average_accuracy.png", "accuracy_matrices.png"):
+    for png in ("average_accuracy.png", "task_curves.png", "accuracy_matrices.png", "forgetting.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
     # a second run skips what finished; --force redoes it

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hypercl.bench.datasets import BENCHMARKS, SCENARIOS, build, info_of, resolve_data_root
+from hypercl.bench.datasets import BENCHMARKS, CIFAR_SETS, SCENARIOS, build, info_of, resolve_data_root
 from hypercl.bench.presets import preset
 from hypercl.bench.results import (
     atomic_write,
@@ -25,7 +25,7 @@ from hypercl.bench.results import (
 from hypercl.bench.run import run_one, silence_avalanche_notices
 from hypercl.bench.strategies import STRATEGIES, settings_of
 from hypercl.data import DATA_ROOT_ENV
-from hypercl.plotting import plot_accuracy_matrices, plot_average_accuracy
+from hypercl.plotting import plot_all
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,11 +43,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
-    p.add_argument("--preset", default="quick", help="paper (the paper's settings) or quick (minutes on a CPU)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="paper (the paper's settings; CIFAR also paper-zenke) or a CPU budget: quick (MNIST, "
+        "minutes), cpu (CIFAR, under 40 minutes); default quick, cpu for CIFAR",
+    )
     p.add_argument(
         "--data-root",
         default=None,
-        help=f"folder holding MNIST/raw/... (default: ${DATA_ROOT_ENV}, else a cache folder, downloaded if online)",
+        help="folder holding MNIST/raw/..., cifar-100-python/ or cifar-10-batches-py/ "
+        f"(default: ${DATA_ROOT_ENV}, else a cache folder, downloaded if online)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
@@ -76,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser().error(f"--{flag} must be at least 1, got {value}")
+    if args.preset is None:
+        args.preset = "cpu" if args.benchmark in CIFAR_SETS else "quick"
     try:
         settings = preset(args.benchmark, args.preset)
     except ValueError as err:
         parser().error(str(err))
     if args.steps:
-        settings = replace(settings, steps=args.steps)
+        settings = replace(settings, steps=args.steps, epochs=None)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         [args.benchmark] + [args.scenario] * (args.scenario != "task") + [args.preset] * (args.preset != "paper")
     )
     try:
-        root = resolve_data_root(args.data_root)
+        root = resolve_data_root(args.data_root, args.benchmark)
     except FileNotFoundError as err:
         print(f"hypercl-bench: {err}", file=sys.stderr)
         return 2
@@ -156,14 +164,14 @@ def write_summary(out: Path, benchmark: str, scenario: str, budget: dict, comman
     if not runs:
         return None
     summary = summarize(runs, benchmark=benchmark, scenario=scenario, preset=budget["preset"], command=command)
-    summary["steps_per_task"] = budget["settings"]["steps"]
+    settings = budget["settings"]
+    summary["steps_per_task"] = None if settings.get("epochs") else settings["steps"]
+    summary["epochs_per_task"] = settings.get("epochs")
     summary["n_tasks"] = budget["n_tasks"]
     summary["run_commands"] = sorted({r["command"] for r in runs})
     write_json(out / "summary.json", summary)
     atomic_write(out / "summary.md", markdown_table(summary))
-    title = f"{benchmark} ({scenario}-incremental), {budget['preset']}"
-    plot_average_accuracy(runs, out / "average_accuracy.png", title)
-    plot_accuracy_matrices(runs, out / "accuracy_matrices.png")
+    plot_all(runs, out)
     return summary
 
 

@@ -10,6 +10,7 @@ import torch
 from avalanche.benchmarks import tensors_benchmark
 from torch.utils.data import DataLoader
 
+from hypercl.cifar import cifar_root
 from hypercl.data import DATA_ROOT_ENV, MNIST_FILES, data_root, mnist_root
 
 CACHE_ROOT = Path("~/.cache/hypercl/data")
@@ -25,6 +26,7 @@ class BenchmarkInfo:
     n_tasks: int
     in_features: int
     classes_per_task: int
+    image: bool = False  # inputs are (3, 32, 32) images, not flat vectors
 
     @property
     def n_outputs(self) -> int:
@@ -43,11 +45,16 @@ BENCHMARKS = {
     "split-mnist": BenchmarkInfo("split-mnist", "task", 5, 784, 2),
     "pmnist-10": BenchmarkInfo("pmnist-10", "task", 10, 1024, 10),
     "pmnist-100": BenchmarkInfo("pmnist-100", "task", 100, 1024, 10),
+    "split-cifar100": BenchmarkInfo("split-cifar100", "task", 10, 3072, 10, image=True),
+    "split-cifar10-100": BenchmarkInfo("split-cifar10-100", "task", 6, 3072, 10, image=True),
 }
 
+#: The CIFAR data sets each CIFAR benchmark reads.
+CIFAR_SETS = {"split-cifar100": ("cifar100",), "split-cifar10-100": ("cifar10", "cifar100")}
 
-def resolve_data_root(root: str | os.PathLike | None) -> Path:
-    """The MNIST root: ``root``, else ``$HYPERCL_DATA_ROOT``, else a cache folder.
+
+def resolve_data_root(root: str | os.PathLike | None, benchmark: str = "split-mnist") -> Path:
+    """The data root of ``benchmark``: ``root``, else ``$HYPERCL_DATA_ROOT``, else a cache folder.
 
     An explicit root (argument or environment) must already hold the files; the cache
     folder is filled by a download when online.
@@ -55,6 +62,11 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
     Raises:
         FileNotFoundError: the files are missing and cannot be downloaded.
     """
+    if benchmark in CIFAR_SETS:
+        roots = {cifar_root(name, root) for name in CIFAR_SETS[benchmark]}
+        if len(roots) > 1:
+            raise FileNotFoundError(f"{benchmark} needs {' and '.join(CIFAR_SETS[benchmark])} under one data root.")
+        return roots.pop()
     if data_root(root) is not None:
         return mnist_root(root)
     cache = CACHE_ROOT.expanduser()
@@ -110,23 +122,29 @@ def build(
     label to 0; ``"class"`` sets every task label to 0 and gives task ``t``'s ``k``-th
     class the id ``t * classes_per_task + k`` (Split MNIST: the digit itself).
 
-    ``n_tasks`` builds only the first tasks of a permuted benchmark (the same
-    permutations as in the full stream); Split MNIST always has its five.
+    ``n_tasks`` builds only the first tasks of a permuted or CIFAR benchmark (the same
+    permutations and classes as in the full stream); Split MNIST always has its five.
 
     With ``validation`` > 0, that fraction of each task's training set (a seeded random
     draw) becomes the test stream and the rest the training stream: tuning never sees
     the test set.
 
-    Avalanche's ``SplitMNIST`` and ``PermutedMNIST`` build the streams (task labels,
-    class ids from zero in each task); their transformed samples are then gathered
-    once into tensors (where they fit in 4 GiB), so training does not pay for
-    per-sample transforms at every step.
+    Avalanche's ``SplitMNIST`` and ``PermutedMNIST`` (and :mod:`hypercl.cifar`'s
+    ``nc_benchmark`` builders) build the streams (task labels, class ids from zero in each
+    task); their transformed samples are then gathered once into tensors (where they fit
+    in 4 GiB), so training does not pay for per-sample transforms at every step.
     """
     from avalanche.benchmarks.classic import PermutedMNIST, SplitMNIST
     from torchvision import transforms
 
+    from hypercl.cifar import split_cifar10_100, split_cifar100
+
     info = info_of(name, scenario)
-    if name == "split-mnist":
+    if name == "split-cifar100":
+        bm = split_cifar100(root)
+    elif name == "split-cifar10-100":
+        bm = split_cifar10_100(root)
+    elif name == "split-mnist":
         bm = SplitMNIST(
             n_experiences=info.n_tasks,
             return_task_id=True,
@@ -152,15 +170,17 @@ def build(
         if validation:
             raise ValueError(f"{name} is too large to hold in memory, so it has no validation split.")
         return bm  # too large to hold (PMNIST-100): keep Avalanche's lazy datasets
-    train = [_tensors(e.dataset.train()) for e in bm.train_stream]
-    test = [_tensors(e.dataset.eval()) for e in bm.test_stream]
+    keep = n_tasks if info.image and n_tasks else None  # CIFAR: gather only the tasks to run
+    flat = not info.image
+    train = [_tensors(e.dataset.train(), flat) for e in bm.train_stream[:keep]]
+    test = [_tensors(e.dataset.eval(), flat) for e in bm.test_stream[:keep]]
     if validation:
         g = torch.Generator().manual_seed(seed)
         splits = [torch.randperm(len(y), generator=g) for _, y in train]
         cut = [int(round(validation * len(i))) for i in splits]
         test = [(x[i[:c]], y[i[:c]]) for (x, y), i, c in zip(train, splits, cut)]
         train = [(x[i[c:]], y[i[c:]]) for (x, y), i, c in zip(train, splits, cut)]
-    task_labels = [e.task_label for e in bm.train_stream]
+    task_labels = [e.task_label for e in bm.train_stream[: len(train)]]
     if scenario != "task":
         task_labels = [0] * len(task_labels)
     if scenario == "class":
@@ -175,9 +195,9 @@ def build(
     )
 
 
-def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(dataset, flat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for x, y, *_ in DataLoader(dataset, batch_size=2000, shuffle=False):
-        xs.append(x.flatten(1))
+        xs.append(x.flatten(1) if flat else x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)

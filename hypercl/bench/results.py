@@ -8,12 +8,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from hypercl.plotting import strategy_order
-
-RUN_KEYS = (
-    "benchmark", "scenario", "strategy", "seed", "preset", "config", "versions", "machine",
-    "acc", "final_avg_acc", "bwt", "forgetting", "train_time_s", "time_per_step_ms", "command",
-)  # fmt: skip
+from hypercl.results import RUN_KEYS, cl_metrics, load_run, strategy_order  # noqa: F401 (re-exported)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -37,31 +32,6 @@ def write_json(path: Path, data: dict) -> None:
 
 def run_path(out: Path, strategy: str, seed: int) -> Path:
     return out / "runs" / f"{strategy}-seed{seed}.json"
-
-
-def load_run(path: Path) -> dict | None:
-    """A finished run's record, or ``None`` if the file is missing or incomplete."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if all(k in data for k in RUN_KEYS) else None
-
-
-def cl_metrics(acc: list[list[float | None]]) -> dict[str, float]:
-    """Final average accuracy, backward transfer and forgetting of an accuracy matrix.
-
-    ``acc[i][j]``: accuracy on task ``j`` after training task ``i`` (``None`` for j > i).
-    BWT = mean over j < T-1 of ``acc[T-1][j] - acc[j][j]``; forgetting = mean over the
-    same j of the best earlier accuracy on j minus the final one.
-    """
-    last, n = acc[-1], len(acc)
-    final = sum(last) / n
-    if n == 1:
-        return {"final_avg_acc": final, "bwt": 0.0, "forgetting": 0.0}
-    bwt = sum(last[j] - acc[j][j] for j in range(n - 1)) / (n - 1)
-    forgetting = sum(max(acc[i][j] for i in range(j, n - 1)) - last[j] for j in range(n - 1)) / (n - 1)
-    return {"final_avg_acc": final, "bwt": bwt, "forgetting": forgetting}
 
 
 def _stats(values: list[float]) -> dict:

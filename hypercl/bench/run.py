@@ -22,9 +22,12 @@ import hypercl
 from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
+from hypercl.results import accuracy_matrix_row
+from hypercl.augment import BatchAugment
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
 from hypercl.metrics import task_inference_metrics
+from hypercl.schedule import EpochSchedule
 
 
 def silence_avalanche_notices() -> None:
@@ -34,16 +37,16 @@ def silence_avalanche_notices() -> None:
 
 
 class ProgressBar(SupervisedPlugin):
-    """A tqdm bar per experience, with its ETA."""
+    """A tqdm bar per experience, with its ETA (``steps`` per experience, or the epochs' worth)."""
 
-    def __init__(self, label: str, steps: int) -> None:
+    def __init__(self, label: str, steps: int | None) -> None:
         super().__init__()
         self.label, self.steps, self.bar = label, steps, None
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         exp = strategy.experience.current_experience
         self.bar = tqdm(
-            total=self.steps,
+            total=self.steps or strategy.train_epochs * len(strategy.dataloader),
             desc=f"{self.label} task {exp}",
             leave=False,
             file=sys.stderr,
@@ -55,12 +58,6 @@ class ProgressBar(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.bar.close()
-
-
-def accuracy_matrix_row(metrics: dict, stream) -> list[float]:
-    """Accuracy on each experience of ``stream`` from Avalanche's per-experience metric."""
-    prefix = "Top1_Acc_Exp/eval_phase/test_stream"
-    return [metrics[f"{prefix}/Task{e.task_label:03d}/Exp{e.current_experience:03d}"] for e in stream]
 
 
 def task_inference_row(metrics: dict, stream) -> list[float]:
@@ -127,15 +124,22 @@ def run_one(
     infers = strategy_name == "hypercl" and info.scenario != "task"
     metrics = [accuracy_metrics(experience=True), *(task_inference_metrics() if infers else ())]
     evaluator = EvaluationPlugin(*metrics, loggers=[])
+    budget = [] if preset.epochs else [StepBudget(preset.steps)]
+    plugins = [*budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
+    if preset.lr_schedule:
+        plugins.append(EpochSchedule(preset.lr_schedule))
+    if preset.augment:
+        plugins.append(BatchAugment())
     strategy = make_strategy(
         strategy_name,
         info,
         preset,
         train_mb_size=preset.batch_size,
-        eval_mb_size=1000,
+        train_epochs=preset.epochs or 1,
+        eval_mb_size=1000 if not info.image else 500,
         device=device,
         evaluator=evaluator,
-        plugins=[StepBudget(preset.steps), ProgressBar(f"{strategy_name} seed {seed}", preset.steps)],
+        plugins=plugins,
     )
     acc, task_acc, train_time = [], [], 0.0
     n_tasks = min(n_tasks or len(benchmark.train_stream), len(benchmark.train_stream))
@@ -147,14 +151,17 @@ def run_one(
         train_time += time.perf_counter() - start
         seen = benchmark.test_stream[: i + 1]
         metrics = strategy.eval(seen)
-        acc.append(accuracy_matrix_row(metrics, seen) + [None] * (n_tasks - i - 1))
+        acc.append(accuracy_matrix_row(metrics, seen, n_tasks))
         if infers:
             task_acc.append(task_inference_row(metrics, seen) + [None] * (n_tasks - i - 1))
+    steps = strategy.clock.train_iterations
     config = {
         "preset_settings": preset.to_dict(),
-        "steps_per_task": preset.steps,
+        "steps_per_task": None if preset.epochs else preset.steps,
+        "epochs_per_task": preset.epochs,
+        "train_steps": steps,
         "n_tasks": n_tasks,
-        "eval_mb_size": 1000,
+        "eval_mb_size": strategy.eval_mb_size,
         "device": device,
     }
     extra = {}
@@ -180,7 +187,7 @@ def run_one(
         "acc": acc,
         **cl_metrics(acc),
         "train_time_s": train_time,
-        "time_per_step_ms": 1000 * train_time / (preset.steps * n_tasks),
+        "time_per_step_ms": 1000 * train_time / steps,
         **extra,
         "command": command,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

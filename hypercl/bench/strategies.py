@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
@@ -14,23 +17,48 @@ from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
 from hypercl.inference import METHODS
 from hypercl.strategy import HyperCL
-from hypercl.targets import MLP
+from hypercl.targets import MLP, ZenkeNet, resnet32
+
+#: Target networks by preset name: ``(benchmark, preset, outputs) -> nn.Module``.
+TARGETS: dict[str, Callable[[BenchmarkInfo, Preset, int], nn.Module]] = {
+    "mlp": lambda info, p, n: MLP(info.in_features, p.hidden, n),
+    "resnet32": lambda info, p, n: resnet32(n),
+    "zenkenet": lambda info, p, n: ZenkeNet(n),
+}
 
 
-class MultiHeadMLP(MultiTaskModule):
-    """The baselines' version of the target: the same MLP body, one output head per task."""
+def make_target(info: BenchmarkInfo, p: Preset, n_out: int) -> nn.Module:
+    if p.target not in TARGETS:
+        raise ValueError(f"Unknown target {p.target!r}; choose from {', '.join(TARGETS)}.")
+    return TARGETS[p.target](info, p, n_out)
 
-    def __init__(self, in_features: int, hidden: tuple[int, ...], classes_per_task: int) -> None:
+
+class MultiHead(MultiTaskModule):
+    """The baselines' version of the target: the same body, one output head per task.
+
+    The body is the target with its last linear layer replaced by the identity.
+    """
+
+    def __init__(self, target: nn.Module, classes_per_task: int) -> None:
         super().__init__()
-        self.body = MLP(in_features, hidden[:-1], hidden[-1])
-        self.act = nn.ReLU()
-        self.heads = MultiHeadClassifier(hidden[-1], classes_per_task)
+        if isinstance(target, MLP):  # its last layer closes the Sequential; keep the ReLU before it
+            features = target.net[-1].in_features
+            target.net[-1] = nn.Identity()
+        else:
+            features = target.head.in_features
+            target.head = nn.Identity()
+        self.body = target
+        self.heads = MultiHeadClassifier(features, classes_per_task)
 
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
-        return self.heads(self.act(self.body(x)), task_label)
+        return self.heads(self.body(x), task_label)
 
     def forward(self, x: Tensor, task_labels: Tensor) -> Tensor:
-        return self.heads(self.act(self.body(x)), task_labels)
+        return self.heads(self.body(x), task_labels)
+
+
+def _adam(p: Preset) -> Callable:
+    return partial(torch.optim.Adam, lr=p.lr, betas=tuple(p.adam_betas))
 
 
 def _hypercl(info: BenchmarkInfo, p: Preset, **common):
@@ -38,7 +66,8 @@ def _hypercl(info: BenchmarkInfo, p: Preset, **common):
     # can report each; the preset's method decides the outputs Avalanche's metrics see.
     methods = [p.inference, *(m for m in METHODS if m != p.inference)]
     return HyperCL(
-        target=MLP(info.in_features, p.hidden, info.classes_per_task),
+        target=make_target(info, p, info.classes_per_task),
+        optimizer=_adam(p),
         scenario=info.scenario,
         inference=methods,
         hnet=p.hnet,
@@ -46,7 +75,6 @@ def _hypercl(info: BenchmarkInfo, p: Preset, **common):
         reg_tasks=p.reg_tasks,
         lookahead=p.lookahead,
         reset_optimizer_state=p.reset_optimizer,
-        lr=p.lr,
         **common,
     )
 
@@ -54,10 +82,10 @@ def _hypercl(info: BenchmarkInfo, p: Preset, **common):
 def _baseline(cls, **extra) -> Callable:
     def make(info: BenchmarkInfo, p: Preset, **common):
         if info.scenario == "task":
-            model = MultiHeadMLP(info.in_features, p.hidden, info.classes_per_task)
+            model = MultiHead(make_target(info, p, 1), info.classes_per_task)
         else:  # one head over the shared label space (domain) or over every class (class)
-            model = MLP(info.in_features, p.hidden, info.n_outputs)
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+            model = make_target(info, p, info.n_outputs)
+        opt = _adam(p)(model.parameters())
         kwargs = {k: (v(p) if callable(v) else v) for k, v in extra.items()}
         return cls(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(), **kwargs, **common)
 
@@ -79,7 +107,7 @@ STRATEGIES: dict[str, Callable] = {
 
 # The preset fields each strategy's result depends on; a finished run counts as done
 # (and enters the summary) only while these still match the preset.
-_COMMON = ("steps", "batch_size", "lr", "hidden")
+_COMMON = ("steps", "epochs", "batch_size", "lr", "adam_betas", "lr_schedule", "augment", "target", "hidden")
 SETTINGS: dict[str, tuple[str, ...]] = {
     "hypercl": (*_COMMON, "hnet", "beta", "reg_tasks", "lookahead", "reset_optimizer"),
     "naive": _COMMON,
@@ -92,11 +120,20 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 
 
 def settings_of(name: str, preset_settings: dict, scenario: str = "task") -> dict:
-    """The part of a preset's settings (as in a run's JSON) that strategy ``name`` uses."""
+    """The part of a preset's settings (as in a run's JSON) that strategy ``name`` uses.
+
+    Settings a run's JSON lacks (it predates them) take their default, which is what it ran.
+    """
     keys = SETTINGS[name]
     if name == "hypercl" and scenario != "task":
         keys = (*keys, "inference")
-    return {k: preset_settings.get(k) for k in keys}
+    return {k: preset_settings.get(k, _DEFAULTS.get(k)) for k in keys}
+
+
+_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING
+}
+_DEFAULTS = json.loads(json.dumps(_DEFAULTS))  # as stored: tuples become lists
 
 
 def make_strategy(name: str, info: BenchmarkInfo, preset: Preset, **common):
