@@ -142,23 +142,38 @@ class ChunkedHyperNetwork(nn.Module):
         else:
             self._init_xavier()
 
-    def forward(self, task_embs: Tensor) -> Tensor:
+    def forward(self, task_embs: Tensor, *, features: bool = False) -> Tensor:
         """Flat target weights for a batch of task embeddings.
 
         Args:
             task_embs: ``(T, task_emb_dim)``.
+            features: return the input of the last (linear) layer instead, ``(T, K, H)``;
+                the weights are ``layers[-1]`` of it, flattened, cut and mapped.
 
         Returns:
             ``(T, n_weights)``, row ``t`` the weights for ``task_embs[t]``.
         """
         chunk = self.chunk_in(self.chunk_embs)                # (K, H0)
         h = self.task_in(task_embs)[:, None] + chunk[None]    # (T, K, H0)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             h = layer(self.act(h))                            # (T, K, H_i)
+        if features:
+            if not self.layers:
+                raise ValueError("A hypernetwork without hidden layers has no features before its last layer.")
+            return self.act(h)
+        if self.layers:
+            h = self.layers[-1](self.act(h))                  # (T, K, C)
         flat = h.flatten(1)[:, : self.n_weights]              # (T, P)
         if self.scaled:
             flat = torch.addcmul(self.out_shift, flat, self.out_scale)
         return flat
+
+    def output_weights(self) -> Tensor:
+        """Per chunk and output unit, the squared scale of the weight it becomes (the output
+        map's ``std**2``; 0 for the surplus of the last chunk): ``(K, C)``."""
+        w = self.out_scale.new_zeros(self.n_chunks * self.chunk_size)
+        w[: self.n_weights] = self.out_scale.square()
+        return w.view(self.n_chunks, self.chunk_size)
 
     def generate(self, task_emb: Tensor) -> dict[str, Tensor]:
         """Weights for one task embedding ``(task_emb_dim,)``, keyed by parameter name."""

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from hypercl.lookahead import candidate_step
 from hypercl.model import HyperCLModel
-from hypercl.regularizer import TARGETS, output_regularizer
+from hypercl.regularizer import TARGETS, FactoredTargets, output_regularizer
 
 
 class HyperCLPlugin(SupervisedPlugin):
@@ -34,7 +34,10 @@ class HyperCLPlugin(SupervisedPlugin):
             ``None`` regularises all of them.
         targets: ``"stored"`` keeps ``W*_j`` in memory (grows with the number of tasks);
             ``"frozen"`` keeps a frozen copy of the hypernetwork and recomputes them
-            (memory flat in the number of tasks, one more forward pass per step).
+            (memory flat in the number of tasks, one more forward pass per step);
+            ``"factored"`` keeps the frozen last layer and each task's features and never
+            builds a task's weights (:class:`~hypercl.regularizer.FactoredTargets`: step
+            time and memory nearly flat in the number of tasks; needs a hidden layer).
         lookahead: evaluate the regulariser at ``theta + delta_theta``, as in the paper.
             Needs SGD, Adam or AdamW.
     """
@@ -44,7 +47,7 @@ class HyperCLPlugin(SupervisedPlugin):
         *,
         beta: float = 0.01,
         reg_tasks: int | None = None,
-        targets: Literal["stored", "frozen"] = "stored",
+        targets: Literal["stored", "frozen", "factored"] = "stored",
         lookahead: bool = True,
     ) -> None:
         super().__init__()
@@ -69,6 +72,9 @@ class HyperCLPlugin(SupervisedPlugin):
     ) -> Tensor:
         """Unscaled regulariser over ``tasks``, at the hypernetwork's parameters plus ``delta``."""
         embs = model.embeddings(tasks).detach()
+        if isinstance(self.targets, FactoredTargets):
+            moved = None if delta is None else {n: p + delta[n] for n, p in model.hnet.named_parameters()}
+            return self.targets.regularizer(model.hnet, embs, tasks, moved)
         if delta is None:
             weights = model.hnet(embs)
         else:

@@ -47,7 +47,8 @@ class StoredTargets:
     @torch.no_grad()
     def snapshot(self, model: HyperCLModel) -> None:
         self.tasks = model.tasks
-        self._weights = model.hnet(model.embeddings(self.tasks)).detach().clone()
+        if self.tasks:  # nothing to keep before the first task
+            self._weights = model.hnet(model.embeddings(self.tasks)).detach().clone()
 
     def __call__(self, tasks: Sequence[int]) -> Tensor:
         rows = [self.tasks.index(t) for t in tasks]
@@ -72,8 +73,10 @@ class FrozenCopyTargets:
         hnet = model.hnet
         # The output map never changes: share it instead of copying 2 x P numbers.
         memo = {id(hnet.out_scale): hnet.out_scale, id(hnet.out_shift): hnet.out_shift}
-        self._hnet = copy.deepcopy(hnet, memo).requires_grad_(False)
         self.tasks = model.tasks
+        if not self.tasks:  # nothing to keep before the first task
+            return
+        self._hnet = copy.deepcopy(hnet, memo).requires_grad_(False)
         self._embs = model.embeddings(self.tasks).detach().clone()
 
     @torch.no_grad()
@@ -88,4 +91,116 @@ class FrozenCopyTargets:
         return sum(t.nbytes for t in own) + self._embs.nbytes
 
 
-TARGETS: dict[str, type] = {"stored": StoredTargets, "frozen": FrozenCopyTargets}
+class FactoredTargets:
+    """The targets in factored form, for hypernetworks whose last layer is linear (any with a
+    hidden layer): ``W*_j`` is that layer's frozen weights ``[V*, b*]`` applied to task ``j``'s
+    frozen features ``a*_j``. The regulariser then never builds a task's weights:
+
+    ``||s * ([V, b] a_j - [V*, b*] a*_j)||^2 = a_j' G a_j - 2 a_j' X a*_j + a*_j' G* a*_j``
+
+    per chunk, with ``G = [V, b]' diag(s^2) [V, b]`` and ``X = [V, b]' diag(s^2) [V*, b*]``
+    ((H+1) x (H+1) per chunk, ``s`` the output map's scale, 0 on the last chunk's surplus).
+    The Gram matrices cost one pass over the last layer whatever the number of tasks, so a
+    step's cost no longer grows with the tasks regularised, and the memory is the frozen
+    layer plus ``K x (H+1)`` numbers per task. Sums are in float64: the three terms are
+    large and nearly cancel.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: list[int] = []
+        self._w: Tensor | None = None       # (C, H+1) frozen [V*, b*]
+        self._a: Tensor | None = None       # (T, K, H+1) frozen features, with a 1 for the bias
+        self._const: Tensor | None = None   # (T,) a*' G* a*
+        self._seg_s2: Tensor | None = None  # (K, m) s2 per chunk and interval
+        self._shift: Tensor | None = None   # (P,) the output map's shift (cancels in the regulariser)
+        self._bounds: list[int] = []        # intervals of output units with one s2 per chunk
+
+    @staticmethod
+    def supports(hnet) -> bool:
+        return len(hnet.layers) > 0
+
+    @torch.no_grad()
+    def snapshot(self, model: HyperCLModel) -> None:
+        hnet = model.hnet
+        if not self.supports(hnet):
+            raise ValueError(
+                'reg_targets="factored" needs a hypernetwork with a hidden layer (its last layer '
+                'linear in the features); this one has hidden=(). Use "stored" or "frozen".'
+            )
+        self.tasks = model.tasks
+        if not self.tasks:
+            return
+        self._w = _augmented_weight(hnet.layers[-1].weight, hnet.layers[-1].bias).double()
+        s2 = hnet.output_weights().double()
+        self._bounds, self._seg_s2 = _segments(s2)
+        self._shift = hnet.out_shift.detach().clone()
+        self._a = _augmented(hnet(model.embeddings(self.tasks), features=True)).double()
+        gram = _gram(self._bounds, self._seg_s2, self._w, self._w)
+        self._const = torch.einsum("tkh,khg,tkg->t", self._a, gram, self._a)
+
+    def __call__(self, tasks: Sequence[int]) -> Tensor:
+        """The targets as full weight rows (for inspection; the regulariser does not need them)."""
+        rows = self._rows(tasks)
+        sizes = torch.tensor(self._bounds[1:]) - torch.tensor(self._bounds[:-1])
+        s2 = self._seg_s2.repeat_interleave(sizes.to(self._seg_s2.device), dim=1)  # (K, C)
+        out = torch.einsum("tkh,ch->tkc", self._a[rows], self._w) * s2.sqrt()
+        return (out.flatten(1)[:, : len(self._shift)] + self._shift).to(self._shift.dtype)
+
+    def regularizer(self, hnet, embs: Tensor, tasks: Sequence[int], params: dict[str, Tensor] | None = None) -> Tensor:
+        """``output_regularizer(hnet(embs), self(tasks))``, at ``params`` if given."""
+        last = f"layers.{len(hnet.layers) - 1}."
+        if params is None:
+            feats = hnet(embs, features=True)
+            w = _augmented_weight(hnet.layers[-1].weight, hnet.layers[-1].bias)
+        else:
+            feats = torch.func.functional_call(hnet, params, (embs,), {"features": True})
+            w = _augmented_weight(params[last + "weight"], params[last + "bias"])
+        rows = self._rows(tasks)
+        a, a_star = _augmented(feats).double(), self._a[rows]
+        w = w.double()
+        value = (
+            torch.einsum("tkh,khg,tkg->", a, _gram(self._bounds, self._seg_s2, w, w), a)
+            - 2 * torch.einsum("tkh,khg,tkg->", a, _gram(self._bounds, self._seg_s2, w, self._w), a_star)
+            + self._const[rows].sum()
+        )
+        return (value / len(tasks)).to(feats.dtype)
+
+    def _rows(self, tasks: Sequence[int]) -> Tensor:
+        return torch.tensor([self.tasks.index(t) for t in tasks], device=self._a.device)
+
+    def nbytes(self) -> int:
+        parts = (self._w, self._a, self._const, self._seg_s2, self._shift)
+        return sum(t.nbytes for t in parts if t is not None)
+
+
+def _augmented(features: Tensor) -> Tensor:
+    """Features ``(..., H)`` with a trailing 1, so the bias joins the weight matrix."""
+    return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], -1)
+
+
+def _augmented_weight(weight: Tensor, bias: Tensor) -> Tensor:
+    return torch.cat([weight, bias[:, None]], 1)  # (C, H+1)
+
+
+def _segments(s2: Tensor) -> tuple[list[int], Tensor]:
+    """Cut the ``C`` output units into intervals on which every chunk's ``s2`` is constant
+    (the output map's scale changes only where a generated tensor ends). Returns the
+    interval bounds and ``(K, m)``: each chunk's ``s2`` on each interval."""
+    change = (s2[:, 1:] != s2[:, :-1]).any(0)
+    bounds = [0, *(torch.nonzero(change).flatten() + 1).tolist(), s2.shape[1]]
+    return bounds, s2[:, bounds[:-1]]
+
+
+def _gram(bounds: list[int], weights: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """``u' diag(s2[k]) v`` for every chunk ``k``, ``(K, H+1, H+1)``, in one pass over the
+    rows of ``u`` and ``v``: a product per interval of :func:`_segments`, then their
+    weighted sums per chunk. (``split``, not slicing: its backward is one concatenation,
+    where each slice's would zero and copy a whole gradient.)"""
+    sizes = [j - i for i, j in zip(bounds[:-1], bounds[1:])]
+    us = u.split(sizes)
+    vs = us if v is u else v.split(sizes)
+    parts = torch.stack([a.T @ b for a, b in zip(us, vs)])  # (m, H+1, H+1)
+    return torch.einsum("km,mhg->khg", weights, parts)
+
+
+TARGETS: dict[str, type] = {"stored": StoredTargets, "frozen": FrozenCopyTargets, "factored": FactoredTargets}

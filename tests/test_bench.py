@@ -1,9 +1,13 @@
 """The benchmark runner end to end on a tiny budget, its results files, resume and data errors."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from hypercl import HyperNetConfig
 from hypercl.bench.cli import _matches, main
 from hypercl.bench.presets import preset
 from hypercl.bench.results import RUN_KEYS, cl_metrics
@@ -194,3 +198,30 @@ def test_synaptic_intelligence_really_regularises_on_cpu():
     anchor = si.ewc_data[0]["body.net.1.weight"].data
     live = strategy.model.body.net[1].weight.flatten()
     assert anchor.data_ptr() != live.data_ptr()
+
+
+def test_speed_benchmark_times_every_setting_and_writes_its_ratios(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed", Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)  # dataclasses look their module up there
+    spec.loader.exec_module(speed)
+    speed.CONFIGS["tiny"] = speed.Config(20, (16,), 3, HyperNetConfig(hidden=(8,), chunk_size=64, task_emb_dim=4,
+                                                                      chunk_emb_dim=4), 0.01, 1e-3)  # fmt: skip
+    args = ["--configs", "tiny", "--impls", "target,naive,hypercl-loop,hypercl-loop-stored,hypercl", "--prev", "0,3",
+            "--k", "2", "--warmup", "2", "--rounds", "2", "--min-time", "0.02", "--no-memory", "--out", str(tmp_path)]  # fmt: skip
+    try:
+        assert speed.main(args) == 0
+    finally:
+        torch.set_flush_denormal(False)
+    report = json.loads((tmp_path / "speed.json").read_text())
+    got = {(r["impl"], r["n_prev"], r["subset"]) for r in report["rows"]}
+    assert got == {("target", 0, False), ("naive", 0, False)} | {
+        (i, n, s) for i in ("hypercl-loop", "hypercl-loop-stored", "hypercl") for n, s in ((0, False), (3, False), (3, True))
+    }
+    assert all(r["median_ms"] > 0 and r["steps"] >= 2 for r in report["rows"])
+    ratios = report["ratios"]["tiny"]
+    rows = {(r["impl"], r["n_prev"], r["subset"]): r["median_ms"] for r in report["rows"]}
+    assert ratios["hypercl / naive, 0 earlier"] == pytest.approx(rows["hypercl", 0, False] / rows["naive", 0, False])
+    assert "| hypercl-loop-stored |" in (tmp_path / "speed.md").read_text()

@@ -16,6 +16,7 @@ from hypercl.bench.avalanche_fixes import fix_synaptic_intelligence_on_cpu
 from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
 from hypercl.inference import METHODS
+from hypercl.speedups import adam
 from hypercl.strategy import HyperCL
 from hypercl.targets import MLP, ZenkeNet, resnet32
 
@@ -58,7 +59,7 @@ class MultiHead(MultiTaskModule):
 
 
 def _adam(p: Preset) -> Callable:
-    return partial(torch.optim.Adam, lr=p.lr, betas=tuple(p.adam_betas))
+    return partial(adam, lr=p.lr, betas=tuple(p.adam_betas))
 
 
 def _hypercl(info: BenchmarkInfo, p: Preset, **common):
