@@ -1,7 +1,7 @@
 """Training-step time and memory of HyperCL against hypnettorch and the bare target, in one process.
 
     python benchmarks/speed.py                      # both configs, writes results/speed/
-    python benchmarks/speed.py --configs split-mnist --prev 0,9 --out /tmp/speed
+    python benchmarks/speed.py --configs split-mnist --prev 0,9 --out speed-check  # a quick look
 
 Every implementation trains the same sizes on the same pre-made batch (random pixels: data
 loading is not part of a step). A step is forward, loss, regulariser over the earlier tasks,
