@@ -93,6 +93,8 @@ class HyperCLPlugin(SupervisedPlugin):
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, **kwargs) -> None:
         model = _hypercl_model(strategy)
+        if isinstance(self.targets, FactoredTargets) and not FactoredTargets.supports(model.hnet):
+            self.targets.snapshot(model)  # raises its message before any training is spent
         current = model.tasks_of(strategy.experience)
         for key, emb in model.task_embs.items():
             emb.requires_grad_(int(key) in current)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import small_model
+from helpers import conflicting_stream, small_model
 
 from hypercl import MLP, HyperCL, HyperCLModel, HyperCLPlugin, HyperNetConfig
 from hypercl.regularizer import FactoredTargets, StoredTargets
@@ -107,6 +107,10 @@ def test_factored_targets_are_the_stored_weights_and_need_a_hidden_layer():
     assert isinstance(HyperCL(target=MLP(16, (8,), 4), hnet=HyperNetConfig(hidden=(), chunk_size=100)).hypercl.targets,
                       StoredTargets)  # fmt: skip
     assert isinstance(HyperCL(target=MLP(16, (8,), 4)).hypercl.targets, FactoredTargets)  # "auto"
+    explicit = HyperCL(target=MLP(16, (32,), 4), hnet=HyperNetConfig(hidden=(), chunk_size=100), reg_targets="factored")
+    with pytest.raises(ValueError, match="needs a hypernetwork with a hidden layer"):
+        explicit.train(conflicting_stream(n_tasks=1).train_stream[0])  # before the first step
+    assert explicit.clock.train_iterations == 0
 
 
 def test_random_subset_draws_k_distinct_earlier_tasks():
