@@ -13,6 +13,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.optim import Optimizer
 
+from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.hypernet import HyperNetConfig
 from hypercl.inference import TaskInference
 from hypercl.layout import Selection
@@ -120,7 +121,9 @@ class HyperCL(SupervisedTemplate):
             train_epochs=train_epochs,
             eval_mb_size=eval_mb_size,
             device=device if device is not None else "cpu",
-            plugins=[self.hypercl, *([FlushDenormals()] if flush_denormal else []), *(plugins or [])],
+            plugins=[
+                self.hypercl, StopOnNonFiniteLoss(), *([FlushDenormals()] if flush_denormal else []), *(plugins or [])
+            ],
             evaluator=evaluator,
             eval_every=eval_every,
             peval_mode=peval_mode,

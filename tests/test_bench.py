@@ -62,12 +62,18 @@ def test_runner_writes_every_result_file_and_resumes(mnist, tmp_path, capsys):
 
     # a second run skips what finished; --force redoes it
     stamp = (out / "runs" / "naive-seed0.json").stat().st_mtime_ns
+    first = {s: json.loads((out / "runs" / f"{s}-seed0.json").read_text()) for s in ("hypercl", "naive")}
     assert main(argv) == 0
     assert "naive seed 0" not in capsys.readouterr().err
     assert (out / "runs" / "naive-seed0.json").stat().st_mtime_ns == stamp
-    assert main([*argv[:2], "naive", *argv[3:], "--seeds", "1", "--force"]) == 0
+    assert main([*argv[:2], "hypercl,naive", *argv[3:], "--seeds", "1", "--force"]) == 0
     assert "naive seed 0" in capsys.readouterr().err
     assert (out / "runs" / "naive-seed0.json").stat().st_mtime_ns != stamp
+    # the same seed and command give the same results, timings apart
+    timing = {"train_time_s", "time_per_step_ms", "finished_at", "command"}
+    for name, before in first.items():
+        again = json.loads((out / "runs" / f"{name}-seed0.json").read_text())
+        assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in before.items() if k not in timing}
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 

@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from avalanche.benchmarks import benchmark_from_datasets
+from avalanche.benchmarks import benchmark_from_datasets, tensors_benchmark
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.core import SupervisedPlugin
 from avalanche.logging import TextLogger
@@ -14,6 +14,7 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from helpers import accuracy_matrix, conflicting_stream, evaluator, small_model
 
 from hypercl import MLP, HyperCL, HyperNetConfig, StepBudget
+from hypercl.guards import NonFiniteLossError
 
 SMALL_HNET = HyperNetConfig(hidden=(16,), chunk_size=100, task_emb_dim=8, chunk_emb_dim=8)
 
@@ -164,3 +165,17 @@ def test_step_budget_trains_exactly_n_steps_per_experience():
     strategy.train(conflicting_stream(n_tasks=3).train_stream)
     assert probe.seen == {0: [21], 1: [21], 2: [21]}
     assert strategy.train_epochs == 1
+
+
+def test_a_non_finite_loss_stops_training_before_the_update_and_says_where():
+    bm = conflicting_stream(n_tasks=2)
+    strategy = small_hypercl(plugins=[StepBudget(3)])
+    strategy.train(bm.train_stream[0])
+    before = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    x, y = torch.full((64, 16), float("nan")), torch.arange(64) % 4
+    poisoned = tensors_benchmark(train_tensors=[(x, y)], test_tensors=[(x, y)], task_labels=[1])
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 1 of experience 0 \(task label\(s\) \[1\]\), "
+                       r"iteration 4 overall.*last finite step.*Lower the learning rate"):  # fmt: skip
+        strategy.train(poisoned.train_stream[0])
+    after = strategy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # task 0's weights untouched

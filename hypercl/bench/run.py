@@ -19,16 +19,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import hypercl
+from hypercl.augment import BatchAugment
 from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
-from hypercl.results import accuracy_matrix_row
-from hypercl.speedups import FlushDenormals
-from hypercl.augment import BatchAugment
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
+from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.metrics import task_inference_metrics
+from hypercl.results import accuracy_matrix_row
 from hypercl.schedule import EpochSchedule
+from hypercl.speedups import FlushDenormals
 
 
 def silence_avalanche_notices() -> None:
@@ -127,8 +128,8 @@ def run_one(
     evaluator = EvaluationPlugin(*metrics, loggers=[])
     budget = [] if preset.epochs else [StepBudget(preset.steps)]
     plugins = [*budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
-    if strategy_name != "hypercl":  # HyperCL adds its own: every strategy trains without denormals
-        plugins.append(FlushDenormals())
+    if strategy_name != "hypercl":  # HyperCL adds its own: every strategy trains alike
+        plugins += [FlushDenormals(), StopOnNonFiniteLoss()]
     if preset.lr_schedule:
         plugins.append(EpochSchedule(preset.lr_schedule))
     if preset.augment:
