@@ -11,7 +11,7 @@ from avalanche.logging import TextLogger
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
-from helpers import accuracy_matrix, conflicting_stream, evaluator, small_model
+from helpers import accuracy_matrix, conflicting_stream, evaluator
 
 from hypercl import MLP, HyperCL, HyperNetConfig, StepBudget
 from hypercl.guards import NonFiniteLossError

@@ -7,7 +7,6 @@ from avalanche.benchmarks import tensors_benchmark
 from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.nn import functional as F
-from torch.func import functional_call
 
 from hypercl import HyperCL, HyperCLModel, HyperNetConfig, StepBudget
 from hypercl.augment import BatchAugment, random_crop_flip

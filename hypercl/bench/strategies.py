@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from functools import partial
 
-import torch
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from avalanche.training import EWC, LwF, Cumulative, Naive, Replay, SynapticIntelligence
 from torch import Tensor, nn
