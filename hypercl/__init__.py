@@ -1,6 +1,7 @@
 """hypercl: continual learning with task-conditioned hypernetworks, as an Avalanche strategy."""
 
 from hypercl.augment import BatchAugment, random_crop_flip
+from hypercl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore
 from hypercl.cifar import load_cifar, split_cifar10_100, split_cifar100
 from hypercl.hypernet import ChunkedHyperNetwork, HyperNetConfig
 from hypercl.inference import EntropyInference, MahalanobisInference, OneShotInference, TaskInference
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchAugment",
+    "Checkpoint",
+    "CheckpointError",
     "ChunkedHyperNetwork",
     "EntropyInference",
     "EpochSchedule",
@@ -36,10 +39,12 @@ __all__ = [
     "TaskInferenceAccuracy",
     "WeightLayout",
     "ZenkeNet",
+    "load_checkpoint",
     "load_cifar",
     "output_regularizer",
     "random_crop_flip",
     "resnet32",
+    "restore",
     "split_cifar10_100",
     "split_cifar100",
     "task_inference_metrics",

@@ -171,6 +171,15 @@ class MahalanobisInference(TaskInference):
             )
         return getattr(self, name)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The statistics are buffers registered per task as tasks finish: a fresh instance
+        # (resuming from a checkpoint) has none yet, so make room for the stored ones.
+        for key, value in state_dict.items():
+            name = key[len(prefix):]
+            if key.startswith(prefix) and name.split("_")[0] in ("means", "precision") and "." not in name:
+                self.register_buffer(name, torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def fit_task(self, model, task, batches):
         w = model.functional_params(task)

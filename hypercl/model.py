@@ -74,6 +74,11 @@ class HyperCLModel(MultiTaskModule):
         task_stats: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(target, nn.Module):
+            raise TypeError(
+                f"target must be an nn.Module, the network whose weights are generated; got a "
+                f"{type(target).__name__}. Pass the network itself, e.g. HyperCL(target=MLP(784, (100,), 10))."
+            )
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}.")
         methods = [inference] if isinstance(inference, (str, TaskInference)) else list(inference)

@@ -36,6 +36,12 @@ class TargetWeights(Protocol):
     def nbytes(self) -> int:
         """Memory the targets take."""
 
+    def state_dict(self) -> dict:
+        """Everything :meth:`snapshot` recorded (tensors and plain values, for checkpoints)."""
+
+    def load_state_dict(self, state: dict, model: HyperCLModel) -> None:
+        """Restore a :meth:`state_dict` into these targets of ``model``."""
+
 
 class StoredTargets:
     """The generated weights of every task, stored: memory grows with the number of tasks."""
@@ -58,6 +64,12 @@ class StoredTargets:
 
     def nbytes(self) -> int:
         return 0 if self._weights is None else self._weights.nbytes
+
+    def state_dict(self) -> dict:
+        return {"tasks": list(self.tasks), "weights": self._weights}
+
+    def load_state_dict(self, state: dict, model: HyperCLModel) -> None:
+        self.tasks, self._weights = list(state["tasks"]), state["weights"]
 
 
 class FrozenCopyTargets:
@@ -89,6 +101,19 @@ class FrozenCopyTargets:
             return 0
         own = (p for p in self._hnet.parameters())
         return sum(t.nbytes for t in own) + self._embs.nbytes
+
+    def state_dict(self) -> dict:
+        hnet = None if self._hnet is None else self._hnet.state_dict()
+        return {"tasks": list(self.tasks), "hnet": hnet, "embs": self._embs}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict, model: HyperCLModel) -> None:
+        self.tasks, self._embs, self._hnet = list(state["tasks"]), state["embs"], None
+        if state["hnet"] is not None:
+            hnet = model.hnet
+            memo = {id(hnet.out_scale): hnet.out_scale, id(hnet.out_shift): hnet.out_shift}
+            self._hnet = copy.deepcopy(hnet, memo).requires_grad_(False)
+            self._hnet.load_state_dict(state["hnet"])
 
 
 class FactoredTargets:
@@ -171,6 +196,16 @@ class FactoredTargets:
     def nbytes(self) -> int:
         parts = (self._w, self._a, self._const, self._seg_s2, self._shift)
         return sum(t.nbytes for t in parts if t is not None)
+
+    _STATE = ("_w", "_a", "_const", "_seg_s2", "_shift", "_bounds")
+
+    def state_dict(self) -> dict:
+        return {"tasks": list(self.tasks), **{k.lstrip("_"): getattr(self, k) for k in self._STATE}}
+
+    def load_state_dict(self, state: dict, model: HyperCLModel) -> None:
+        self.tasks = list(state["tasks"])
+        for k in self._STATE:
+            setattr(self, k, state[k.lstrip("_")])
 
 
 def _augmented(features: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from hypercl.inference import TaskInference
 from hypercl.layout import Selection
 from hypercl.model import HyperCLModel
 from hypercl.plugin import HyperCLPlugin
-from hypercl.regularizer import FactoredTargets
+from hypercl.regularizer import TARGETS, FactoredTargets
 from hypercl.speedups import FlushDenormals, adam
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -95,6 +95,8 @@ class HyperCL(SupervisedTemplate):
         peval_mode: str = "epoch",
         **base_kwargs,
     ) -> None:
+        if reg_targets not in ("auto", *TARGETS):
+            raise ValueError(f"reg_targets must be 'auto' or one of {sorted(TARGETS)}, got {reg_targets!r}.")
         model = HyperCLModel(
             target,
             hnet=hnet,

@@ -16,3 +16,14 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The MNIST data root (``$HYPERCL_DATA_ROOT``); tests that train on it skip without it."""
+    from hypercl.data import mnist_root
+
+    try:
+        return mnist_root()
+    except FileNotFoundError as err:
+        pytest.skip(f"needs the MNIST files: {err}")

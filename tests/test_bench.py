@@ -1,6 +1,7 @@
 """The benchmark runner end to end on a tiny budget, its results files, resume and data errors."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,15 +12,7 @@ from hypercl import HyperNetConfig
 from hypercl.bench.cli import _matches, main
 from hypercl.bench.presets import preset
 from hypercl.bench.results import RUN_KEYS, cl_metrics
-from hypercl.data import mnist_root
 
-
-@pytest.fixture(scope="module")
-def mnist():
-    try:
-        return mnist_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"the runner trains on Split MNIST: {err}")
 
 
 def test_cl_metrics_of_a_known_matrix():
@@ -231,3 +224,59 @@ def test_speed_benchmark_times_every_setting_and_writes_its_ratios(tmp_path, mon
     rows = {(r["impl"], r["n_prev"], r["subset"]): r["median_ms"] for r in report["rows"]}
     assert ratios["hypercl / naive, 0 earlier"] == pytest.approx(rows["hypercl", 0, False] / rows["naive", 0, False])
     assert "| hypercl-loop-stored |" in (tmp_path / "speed.md").read_text()
+
+
+def _idx(path: Path, shape: tuple[int, ...], size: int | None = None, head: bytes | None = None) -> None:
+    """An IDX file of unsigned bytes with ``shape`` (sparse: no data written), or ``size`` bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = head if head is not None else bytes([0, 0, 8, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(size if size is not None else len(header) + math.prod(shape))
+
+
+MNIST_SHAPES = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
+                "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({"size": 0}, "train-labels-idx1-ubyte is empty. Replace it with the original (gunzipped) MNIST file."),
+        ({"size": 1000}, "train-labels-idx1-ubyte is truncated or padded: 1000 bytes, expected 60008."),
+        ({"head": b"\x1f\x8b\x08\x00\x00\x00\x00\x00"}, "train-labels-idx1-ubyte is gzip-compressed: gunzip it"),
+        ({"head": b"\x00\x00\x08\x03" + b"\x00" * 12}, "is not an IDX file of 1-d unsigned bytes (its header starts 00000803"),
+        ({"shape": (50000,)}, "holds data of shape (50000,); MNIST's train-labels-idx1-ubyte is (60000,). The data "
+                              "root points at another data set"),
+    ],
+)  # fmt: skip
+def test_broken_mnist_files_are_one_clear_message_before_anything_runs(tmp_path, capsys, broken, message):
+    raw = tmp_path / "MNIST" / "raw"
+    for name, shape in MNIST_SHAPES.items():
+        if name == "train-labels-idx1-ubyte":
+            _idx(raw / name, broken.get("shape", shape), broken.get("size"), broken.get("head"))
+        else:
+            _idx(raw / name, shape)
+    code = main(["split-mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "hint"),
+    [
+        ("MNIST/raw", "itself holds the IDX files: the root is the folder two levels up"),
+        ("MNIST", "looks like the MNIST folder: the root is its parent"),
+        ("cifar", "holds cifar-100-python but no MNIST: is it the right root?"),
+    ],
+)
+def test_a_data_root_at_the_wrong_level_or_data_set_says_so(tmp_path, capsys, layout, hint):
+    for name, shape in MNIST_SHAPES.items():
+        _idx(tmp_path / "MNIST" / "raw" / name, shape)
+    (tmp_path / "other" / "cifar-100-python").mkdir(parents=True)
+    root = {"MNIST/raw": tmp_path / "MNIST" / "raw", "MNIST": tmp_path / "MNIST", "cifar": tmp_path / "other"}[layout]
+    assert main(["split-mnist", "--data-root", str(root), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "MNIST is incomplete under" in err and hint in err

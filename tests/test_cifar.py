@@ -161,3 +161,14 @@ def test_cifar_benchmark_without_its_data_is_one_clear_message(tmp_path, capsys)
     assert code == 2
     assert "cifar-100-python is incomplete" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_runner_with_a_truncated_cifar_file_stops_with_one_message(tmp_path, capsys):
+    write_cifar(tmp_path, "cifar100")
+    path = tmp_path / "cifar-100-python" / "train"
+    path.write_bytes(path.read_bytes()[:1000])
+    code = main(["split-cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "train is not a readable CIFAR pickle" in err and "truncated" in err
+    assert not (tmp_path / "out").exists()

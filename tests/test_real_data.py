@@ -1,13 +1,11 @@
 """HyperCL on real data: scikit-learn's digits and Split MNIST."""
 
-import pytest
 import torch
 from avalanche.benchmarks import tensors_benchmark
 from helpers import accuracy_matrix, evaluator, final_and_bwt
 from sklearn.datasets import load_digits
 
 from hypercl import MLP, HyperCL, HyperNetConfig, StepBudget
-from hypercl.data import mnist_root
 
 
 def split_digits(seed: int = 0):
@@ -45,13 +43,6 @@ def test_split_digits_learns_every_task_and_keeps_it():
     assert final > 0.98
     assert bwt > -0.01
 
-
-@pytest.fixture(scope="module")
-def mnist():
-    try:
-        return mnist_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"Split MNIST needs the MNIST files: {err}")
 
 
 def test_split_mnist_a_few_hundred_steps(mnist):

@@ -24,6 +24,7 @@ from hypercl.bench.results import (
 )
 from hypercl.bench.run import run_one, silence_avalanche_notices
 from hypercl.bench.strategies import STRATEGIES, settings_of
+from hypercl.checkpoint import CheckpointError, load_checkpoint
 from hypercl.data import DATA_ROOT_ENV
 from hypercl.plotting import plot_all
 
@@ -65,7 +66,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--steps", type=int, default=None, help="steps per task instead of the preset's (smoke runs)")
     p.add_argument("--tasks", type=int, default=None, help="train only the first N tasks (smoke runs)")
-    p.add_argument("--force", action="store_true", help="re-run (strategy, seed) pairs that already finished")
+    p.add_argument("--force", action="store_true",
+                   help="re-run (strategy, seed) pairs that already finished; start unfinished ones over")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue unfinished runs from their checkpoints in <out>/checkpoints/")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS training steps (default: after every task only)")  # fmt: skip
     return p
 
 
@@ -78,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         parser().error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    for flag in ("seeds", "steps", "tasks", "threads"):
+    if args.force and args.resume:
+        parser().error("--force starts unfinished runs over and --resume continues them: pass one of them")
+    for flag in ("seeds", "steps", "tasks", "threads", "checkpoint_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            parser().error(f"--{flag} must be at least 1, got {value}")
+            parser().error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.preset is None:
         args.preset = "cpu" if args.benchmark in CIFAR_SETS else "quick"
     try:
@@ -103,30 +111,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         root = resolve_data_root(args.data_root, args.benchmark)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # missing, empty, truncated or other data
         print(f"hypercl-bench: {err}", file=sys.stderr)
+        return 2
+
+    plan = {seed: [s for s in strategies if args.force or not _finished(out, s, seed, budget)] for seed in range(args.seeds)}
+    problems, resumable = _checkpoints(out, plan, args, budget)
+    if problems:  # before anything is trained or overwritten
+        print("\n".join(f"hypercl-bench: {p}" for p in problems), file=sys.stderr)
         return 2
 
     failed = []
     for seed in range(args.seeds):
-        todo = [s for s in strategies if args.force or not _finished(out, s, seed, budget)]
+        todo = plan[seed]
         for name in todo:
             if not args.force and run_path(out, name, seed).exists():
                 print(f"{name} seed {seed}: the stored run used other settings; running it again",
                       file=sys.stderr)  # fmt: skip
         if not todo:
             continue
-        benchmark = build(args.benchmark, root, seed, scenario=info.scenario, n_tasks=n_tasks)
+        try:
+            benchmark = build(args.benchmark, root, seed, scenario=info.scenario, n_tasks=n_tasks)
+        except (FileNotFoundError, ValueError) as err:  # data the checks before could not see
+            print(f"hypercl-bench: {err}", file=sys.stderr)
+            return 2
         for name in todo:
             print(f"{args.benchmark} {info.scenario} [{args.preset}] {name} seed {seed}", file=sys.stderr, flush=True)
+            path = checkpoint_path(out, name, seed)
+            resume = None
+            if (name, seed) in resumable:
+                resume = load_checkpoint(path, map_location=args.device)
+                print(f"  resuming from {path} ({_where(resume['position'])})", file=sys.stderr, flush=True)
+            elif path.exists():  # --force, or a finished run with other settings
+                path.unlink()
             try:
                 record = run_one(
                     benchmark, info, args.preset, settings, name, seed,
                     device=args.device, command=command, n_tasks=n_tasks,
+                    checkpoint=path, every=args.checkpoint_every, resume=resume,
                 )  # fmt: skip
             except (RuntimeError, ValueError) as err:  # report, keep the other runs going
                 traceback.print_exc()
-                failed.append((name, seed, err))
+                kept = f"; its last checkpoint is kept in {path} (--resume)" if path.exists() else ""
+                failed.append((name, seed, f"{err}{kept}"))
                 continue
             write_json(run_path(out, name, seed), record)
             write_summary(out, info.name, info.scenario, budget, command)
@@ -139,6 +166,61 @@ def main(argv: list[str] | None = None) -> int:
     for name, seed, err in failed:
         print(f"hypercl-bench: {name} seed {seed} failed: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def checkpoint_path(out: Path, strategy: str, seed: int) -> Path:
+    return out / "checkpoints" / f"{strategy}-seed{seed}.pt"
+
+
+def _where(position: dict) -> str:
+    if position["step"]:
+        return f"step {position['step']} of task {position['experience']}"
+    return f"{position['experience']} tasks done"
+
+
+def _checkpoints(out: Path, plan: dict[int, list[str]], args, budget: dict) -> tuple[list[str], set]:
+    """The checkpoints of the runs in ``plan``: which to resume, and what stops the runs from
+    starting (an unfinished run without --resume or --force, a broken checkpoint, or one that
+    cannot be resumed under these settings). A finished run's checkpoint from other settings
+    is replaced, as its results are."""
+    problems, resume = [], set()
+    for seed, names in plan.items():
+        for name in names:
+            path = checkpoint_path(out, name, seed)
+            if args.force or not path.exists():
+                continue
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError as err:
+                problems.append(str(err))
+                continue
+            extra, pos = ckpt["extra"], ckpt["position"]
+            ours = {"benchmark": args.benchmark, **budget}
+            theirs = {"benchmark": extra["benchmark"], **extra["budget"]}
+            differs = _differs(name, ours, theirs)
+            if differs and pos["experience"] == theirs["n_tasks"]:
+                continue  # a finished run with other settings: run again, as its JSON is
+            if not args.resume:
+                problems.append(
+                    f"{path} holds an unfinished run of {name} seed {seed}: pass --resume to continue "
+                    "it, or --force to start it over."
+                )
+            elif differs:
+                problems.append(
+                    f"{path} was written by `{extra['command']}`, with other settings than this command's "
+                    f"({', '.join(differs)} differ). Resume it with that command, or pass --force to start "
+                    "it over with these settings."
+                )
+            else:
+                resume.add((name, seed))
+    return problems, resume
+
+
+def _differs(name: str, ours: dict, theirs: dict) -> list[str]:
+    keys = [k for k in ("benchmark", "preset", "scenario", "n_tasks") if ours[k] != theirs[k]]
+    mine = settings_of(name, ours["settings"], ours["scenario"])
+    other = settings_of(name, theirs["settings"], theirs["scenario"])
+    return keys + [k for k in mine if mine[k] != other.get(k)]
 
 
 def _matches(record: dict, budget: dict) -> bool:

@@ -7,6 +7,7 @@ import platform
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import avalanche
 import numpy as np
@@ -25,6 +26,7 @@ from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
+from hypercl.checkpoint import Checkpoint, restore
 from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.metrics import task_inference_metrics
 from hypercl.results import accuracy_matrix_row
@@ -116,11 +118,16 @@ def run_one(
     device: str,
     command: str,
     n_tasks: int | None = None,
+    checkpoint: Path | None = None,
+    every: int | None = None,
+    resume: dict | None = None,
 ) -> dict:
     """Train ``strategy_name`` on every task in order and return the run's record.
 
     After each task it is evaluated on the test experiences of every task so far.
-    ``n_tasks`` stops after that many tasks (smoke runs).
+    ``n_tasks`` stops after that many tasks (smoke runs). With ``checkpoint``, the run's
+    whole state is saved there after each task is evaluated (and every ``every`` steps);
+    ``resume`` is such a checkpoint, loaded, to go on from.
     """
     RNGManager.set_random_seeds(seed)
     infers = strategy_name == "hypercl" and info.scenario != "task"
@@ -134,6 +141,8 @@ def run_one(
         plugins.append(EpochSchedule(preset.lr_schedule))
     if preset.augment:
         plugins.append(BatchAugment())
+    saver = Checkpoint(checkpoint, every=every, at_experience_end=False, on_save=_report(strategy_name, seed))
+    plugins.append(saver)
     strategy = make_strategy(
         strategy_name,
         info,
@@ -145,19 +154,31 @@ def run_one(
         evaluator=evaluator,
         plugins=plugins,
     )
-    acc, task_acc, train_time = [], [], 0.0
     n_tasks = min(n_tasks or len(benchmark.train_stream), len(benchmark.train_stream))
-    for i, exp in enumerate(benchmark.train_stream[:n_tasks]):
+    history = {"acc": [], "task_acc": [], "train_time_s": 0.0}
+    first = 0
+    if resume is not None:
+        first = restore(strategy, resume, benchmark.train_stream[:n_tasks])
+        history = resume["extra"]["history"]
+    acc, task_acc = history["acc"], history["task_acc"]
+    budget = {"preset": preset_name, "scenario": info.scenario, "n_tasks": n_tasks, "settings": preset.to_dict()}
+    saver.extra = {  # saved with every checkpoint; the history grows in place
+        "history": history, "benchmark": info.name, "strategy": strategy_name, "seed": seed,
+        "budget": budget, "command": command,
+    }  # fmt: skip
+    for i in range(first, n_tasks):
         start = time.perf_counter()
-        strategy.train(exp)
+        strategy.train(benchmark.train_stream[i])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - start
+        history["train_time_s"] += time.perf_counter() - start
         seen = benchmark.test_stream[: i + 1]
         metrics = strategy.eval(seen)
         acc.append(accuracy_matrix_row(metrics, seen, n_tasks))
         if infers:
             task_acc.append(task_inference_row(metrics, seen) + [None] * (n_tasks - i - 1))
+        saver.save(strategy)
+    train_time = history["train_time_s"]
     steps = strategy.clock.train_iterations
     config = {
         "preset_settings": preset.to_dict(),
@@ -196,6 +217,15 @@ def run_one(
         "command": command,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _report(strategy: str, seed: int):
+    def report(position: dict) -> None:
+        where = f"step {position['step']} of task {position['experience']}" if position["step"] else \
+            f"after task {position['experience'] - 1}"  # fmt: skip
+        print(f"  checkpoint {strategy} seed {seed}: {where}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def versions() -> dict:
