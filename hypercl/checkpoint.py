@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,8 @@ class Checkpoint(SupervisedPlugin):
             :meth:`save` after evaluating.
         on_save: called with the position after every save (progress messages).
 
-    ``extra`` is saved with every checkpoint: keep the run's history there.
+    ``extra`` (a dict, or a function returning one at each save) is saved with every
+    checkpoint: keep the run's history there.
     """
 
     def __init__(
@@ -176,7 +178,7 @@ class Checkpoint(SupervisedPlugin):
             raise ValueError(f"every must be >= 1 step (or None for experience ends only), got {every}.")
         self.path = None if path is None else Path(path)
         self.every, self.at_experience_end, self.on_save = every, at_experience_end, on_save
-        self.extra: dict = {}
+        self.extra: dict | Callable[[], dict] = {}
         self._exp_rng: dict | None = None
         self._epoch_rng: dict | None = None
         self._batch = 0
@@ -202,7 +204,7 @@ class Checkpoint(SupervisedPlugin):
             "rng": rng_state(),
             "exp_rng": self._exp_rng if self._in_experience else None,
             "epoch_rng": self._epoch_rng if self._in_experience else None,
-            "extra": self.extra,
+            "extra": self.extra() if callable(self.extra) else self.extra,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         save_checkpoint(self.path, ckpt)
@@ -261,6 +263,11 @@ class _TrackedLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def __getattr__(self, name: str):  # anything else (dataset, batch_size...) is the loader's
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
     def __iter__(self):
         plugin, strategy = self.plugin, self.strategy
         resume = plugin._resume
@@ -304,6 +311,9 @@ def restore(strategy, checkpoint: dict, train_stream) -> int:
     task embeddings, the joint baseline's data) and their state loaded. For a checkpoint
     written inside an experience, the next ``strategy.train`` of that experience continues
     from the checkpoint's step.
+
+    It sets the global random state to the checkpoint's: train right after it, without
+    reseeding in between, for the run to go on exactly as it would have.
     """
     pos, state = checkpoint["position"], checkpoint["strategy"]
     ours = [type(p).__name__ for p, _ in _stateful(strategy)]

@@ -164,6 +164,8 @@ def test_missing_or_incomplete_data_root_is_one_clear_message(tmp_path, capsys, 
         (["cifar-1000"], "invalid choice: 'cifar-1000'"),
         (["pmnist-100", "--scenario", "class"], "use pmnist-10 for the domain and class scenarios"),
         (["split-mnist", "--scenario", "classes"], "invalid choice: 'classes'"),
+        (["split-mnist", "--checkpoint-every", "0"], "--checkpoint-every must be at least 1, got 0"),
+        (["split-mnist", "--resume", "--force"], "--force starts unfinished runs over and --resume continues them"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(argv, message, capsys):

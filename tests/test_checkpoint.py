@@ -226,3 +226,13 @@ def test_bad_strategy_arguments_say_what_was_expected():
         HyperCL(target="resnet32")
     with pytest.raises(ValueError, match=r"reg_targets must be 'auto' or one of \['factored', 'frozen', 'stored'\], got 'disk'"):
         HyperCL(target=MLP(16, (32,), 4), reg_targets="disk")
+
+
+def test_one_train_call_over_many_experiences_saves_after_each(tmp_path):
+    saved = []
+    strategy = build("ewc", "task", [Checkpoint(tmp_path / "run.pt", on_save=saved.append)])
+    strategy.train(conflicting_stream(n_tasks=3).train_stream)
+    assert [p["experience"] for p in saved] == [1, 2, 3] and all(p["step"] == 0 for p in saved)
+    ckpt = load_checkpoint(tmp_path / "run.pt")
+    ewc = next(p["state"] for p in ckpt["strategy"]["plugins"] if p["class"] == "EWCPlugin")
+    assert sorted(ewc["importances"]) == [0, 1, 2]  # the last experience's importances are in

@@ -160,18 +160,27 @@ def run_one(
     if resume is not None:
         first = restore(strategy, resume, benchmark.train_stream[:n_tasks])
         history = resume["extra"]["history"]
+        # The steps of the interrupted task up to its checkpoint were kept: so is their time.
+        history["train_time_s"] += resume["extra"]["task_time_s"]
     acc, task_acc = history["acc"], history["task_acc"]
     budget = {"preset": preset_name, "scenario": info.scenario, "n_tasks": n_tasks, "settings": preset.to_dict()}
-    saver.extra = {  # saved with every checkpoint; the history grows in place
-        "history": history, "benchmark": info.name, "strategy": strategy_name, "seed": seed,
-        "budget": budget, "command": command,
-    }  # fmt: skip
+    started = None  # when the task being trained started
+
+    def extra() -> dict:  # saved with every checkpoint
+        return {
+            "history": history, "benchmark": info.name, "strategy": strategy_name, "seed": seed,
+            "budget": budget, "command": command,
+            "task_time_s": 0.0 if started is None else time.perf_counter() - started,
+        }  # fmt: skip
+
+    saver.extra = extra
     for i in range(first, n_tasks):
-        start = time.perf_counter()
+        started = time.perf_counter()
         strategy.train(benchmark.train_stream[i])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        history["train_time_s"] += time.perf_counter() - start
+        history["train_time_s"] += time.perf_counter() - started
+        started = None
         seen = benchmark.test_stream[: i + 1]
         metrics = strategy.eval(seen)
         acc.append(accuracy_matrix_row(metrics, seen, n_tasks))
