@@ -236,3 +236,11 @@ def test_one_train_call_over_many_experiences_saves_after_each(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run.pt")
     ewc = next(p["state"] for p in ckpt["strategy"]["plugins"] if p["class"] == "EWCPlugin")
     assert sorted(ewc["importances"]) == [0, 1, 2]  # the last experience's importances are in
+
+
+def test_the_runner_refuses_a_checkpoint_it_did_not_write(mnist, tmp_path, capsys):
+    strategy = build("hypercl", "task", [Checkpoint(tmp_path / "out" / "checkpoints" / "hypercl-seed0.pt")])
+    strategy.train(conflicting_stream(n_tasks=3).train_stream[0])
+    argv = ["split-mnist", "--strategies", "hypercl", "--data-root", str(mnist), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--resume"]) == 2
+    assert "hypercl-seed0.pt was not written by hypercl-bench: move it out of" in capsys.readouterr().err

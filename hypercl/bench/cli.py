@@ -195,6 +195,9 @@ def _checkpoints(out: Path, plan: dict[int, list[str]], args, budget: dict) -> t
                 problems.append(str(err))
                 continue
             extra, pos = ckpt["extra"], ckpt["position"]
+            if not isinstance(extra, dict) or not {"benchmark", "budget", "command"} <= set(extra):
+                problems.append(f"{path} was not written by hypercl-bench: move it out of {path.parent}.")
+                continue
             ours = {"benchmark": args.benchmark, **budget}
             theirs = {"benchmark": extra["benchmark"], **extra["budget"]}
             differs = _differs(name, ours, theirs)
