@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
+from hypercl.atomic import atomic_path
 from hypercl.plugin_states import state_handler
 
 FORMAT = "hypercl-checkpoint"
@@ -114,11 +115,8 @@ def _put_dynamic(strategy, state: dict) -> None:
 # ------------------------------------------------------------------------ files
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write ``checkpoint`` to ``path`` atomically: a reader sees the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from hypercl.atomic import atomic_path
 from hypercl.results import STRATEGY_ORDER, Results, cl_metrics, find_results, load_results, strategy_order
 
 PLOTS = ("average_accuracy", "task_curves", "accuracy_matrices", "forgetting")
@@ -209,12 +210,10 @@ def plot_all(results: Results | list[dict], folder: str | Path, title: str = "")
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save ``fig`` as ``path`` through a temporary file and a rename (never half an image)."""
+    """Save ``fig`` as ``path`` whole or not at all (:func:`hypercl.atomic.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     return path
 
 

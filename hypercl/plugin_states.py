@@ -119,10 +119,12 @@ def _replay_get(p: ReplayPlugin) -> dict:
         )
     groups = {}
     for g, buf in policy.buffer_groups.items():
-        # The samples themselves: the benchmarks' datasets are tensors with deterministic
-        # transforms, so the stored samples are exactly what the buffer would load.
-        # Indexed one by one: iterating a DataLoader would draw a seed from the global RNG.
-        x, y, t = zip(*(buf.buffer[i][:3] for i in range(len(buf.buffer))))
+        # The samples themselves, as the buffer loads them: exact where the dataset's transforms
+        # are deterministic (every hypercl benchmark: augmentation is a plugin, BatchAugment);
+        # with random dataset transforms the restored buffer holds one transformed draw of each.
+        # Read by index, under a forked RNG: a save must not move the run's random state.
+        with torch.random.fork_rng(devices=[]):
+            x, y, t = zip(*(buf.buffer[i][:3] for i in range(len(buf.buffer))))
         x, y, t = torch.stack(x), torch.as_tensor(y), torch.as_tensor(t)
         groups[int(g)] = {"x": x, "y": y, "t": t, "weights": buf._buffer_weights, "max_size": buf.max_size}
     return {"num_exps": policy._num_exps, "groups": groups}

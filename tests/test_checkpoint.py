@@ -244,3 +244,18 @@ def test_the_runner_refuses_a_checkpoint_it_did_not_write(mnist, tmp_path, capsy
     argv = ["split-mnist", "--strategies", "hypercl", "--data-root", str(mnist), "--out", str(tmp_path / "out")]
     assert main([*argv, "--resume"]) == 2
     assert "hypercl-seed0.pt was not written by hypercl-bench: move it out of" in capsys.readouterr().err
+
+
+def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path):
+    from hypercl.atomic import atomic_path
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
+from hypercl.atomic import atomic_path
 from hypercl.results import RUN_KEYS, cl_metrics, load_run, strategy_order  # noqa: F401 (re-exported)
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` whole or not at all (:func:`hypercl.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -133,8 +133,8 @@ def run_one(
     infers = strategy_name == "hypercl" and info.scenario != "task"
     metrics = [accuracy_metrics(experience=True), *(task_inference_metrics() if infers else ())]
     evaluator = EvaluationPlugin(*metrics, loggers=[])
-    budget = [] if preset.epochs else [StepBudget(preset.steps)]
-    plugins = [*budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
+    step_budget = [] if preset.epochs else [StepBudget(preset.steps)]
+    plugins = [*step_budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
     if strategy_name != "hypercl":  # HyperCL adds its own: every strategy trains alike
         plugins += [FlushDenormals(), StopOnNonFiniteLoss()]
     if preset.lr_schedule:
