@@ -2,6 +2,8 @@
 #   make split-mnist   the main job: HyperCL and Avalanche's baselines on Split MNIST (quick preset)
 #   make test          the test suite
 # Both create the virtual environment $(VENV) and install the package into it first.
+# The benchmark targets pass --resume: run again after an interruption, they go on from the
+# last checkpoint (see the README's "Long runs").
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,19 +25,19 @@ test: install
 	$(VENV)/bin/python -m pytest -q
 
 split-mnist: install
-	$(VENV)/bin/hypercl-bench split-mnist --preset quick
+	$(VENV)/bin/hypercl-bench split-mnist --preset quick --resume
 
 # Split CIFAR-100 (10 x 10 classes), every strategy, the CPU preset (under 40 minutes on 2 cores).
 split-cifar: install
-	$(VENV)/bin/hypercl-bench split-cifar100 --preset cpu
+	$(VENV)/bin/hypercl-bench split-cifar100 --preset cpu --resume
 
 quickstart: install
 	$(VENV)/bin/python benchmarks/quickstart.py
 
 # The committed paper-preset results (hours on 2 CPU cores; see results/README.md).
 paper: install
-	$(VENV)/bin/hypercl-bench split-mnist --preset paper --seeds 3
-	$(VENV)/bin/hypercl-bench pmnist-10 --preset paper --seeds 3
+	$(VENV)/bin/hypercl-bench split-mnist --preset paper --seeds 3 --resume
+	$(VENV)/bin/hypercl-bench pmnist-10 --preset paper --seeds 3 --resume --checkpoint-every 1000
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
