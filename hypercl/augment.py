@@ -12,7 +12,8 @@ def random_crop_flip(x: Tensor, *, padding: int = 4, flip: bool = True, generato
     horizontal flips of a batch of images ``(B, C, H, W)``, each image drawn independently:
     torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``, batched."""
     b, _, h, w = x.shape
-    draw = lambda high: torch.randint(0, high, (b,), generator=generator).to(x.device)  # noqa: E731
+    # Drawn where the batch lives (no host round trip); ``generator`` must be on that device.
+    draw = lambda high: torch.randint(0, high, (b,), generator=generator, device=x.device)  # noqa: E731
     padded = torch.nn.functional.pad(x, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
     rows = draw(2 * padding + 1)[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = draw(2 * padding + 1)[:, None] + torch.arange(w, device=x.device)  # (B, W)
@@ -29,7 +30,7 @@ class BatchAugment(SupervisedPlugin):
 
     One vectorised gather per batch instead of per-sample transforms in the data loader,
     so it costs little next to the step. Works with any Avalanche strategy, so baselines
-    see the same augmentation. Draws from torch's global generator (seeded runs repeat).
+    see the same augmentation. Draws from the batch's device's global generator (seeded runs repeat).
     """
 
     def __init__(self, *, padding: int = 4, flip: bool = True) -> None:

@@ -38,6 +38,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from hypercl.atomic import atomic_path
+from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.plugin_states import state_handler
 
 FORMAT = "hypercl-checkpoint"
@@ -188,6 +189,9 @@ class Checkpoint(SupervisedPlugin):
         """Save now: at the current step inside an experience, else after the last one."""
         if self.path is None:
             return
+        for plugin in strategy.plugins:  # never keep a state past a non-finite loss
+            if isinstance(plugin, StopOnNonFiniteLoss):
+                plugin.check(strategy)
         clock, state = strategy.clock, strategy_state(strategy)
         if self._in_experience:
             position = {"experience": clock.train_exp_counter, "epoch": clock.train_exp_epochs,

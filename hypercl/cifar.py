@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hypercl.data import DATA_ROOT_ENV, data_root
+from hypercl.data.roots import DATA_ROOT_ENV, data_root
+from hypercl.data.transforms import Standardize
 
 CACHE_ROOT = Path("~/.cache/hypercl/data")
 
@@ -193,9 +194,7 @@ def normalize(name: str, images: Tensor) -> Tensor:
     """uint8 images ``(N, 3, H, W)`` as float32, scaled to [0, 1] and standardised per channel
     with the data set's training mean and standard deviation."""
     fmt = _format(name)
-    mean = torch.tensor(fmt.mean).view(1, 3, 1, 1)
-    std = torch.tensor(fmt.std).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return Standardize(fmt.mean, fmt.std)(images)
 
 
 def split_cifar100(
@@ -244,16 +243,24 @@ def _split(parts, root, n_experiences, task_labels, from_zero, train_transform, 
     from avalanche.benchmarks import nc_benchmark
     from torch.utils.data import TensorDataset
 
+    # One data set: its uint8 pixels, standardised on the fly (by the batch, on the device, with
+    # hypercl.data.DeviceData). Two: each standardised with its own statistics up front.
+    standardize = Standardize(_format(parts[0][0]).mean, _format(parts[0][0]).std) if len(parts) == 1 else None
     splits = []
     for train in (True, False):
         xs, ys, offset = [], [], 0
         for name, classes in parts:
             x, y = load_cifar(name, root, train=train)
             keep = y < len(classes)  # the first classes, in label order
-            xs.append(normalize(name, x[keep]))
+            xs.append(x[keep] if standardize else normalize(name, x[keep]))
             ys.append(y[keep] + offset)
             offset += len(classes)
         splits.append(TensorDataset(torch.cat(xs), torch.cat(ys)))
+    if standardize is not None:
+        from torchvision.transforms import Compose
+
+        train_transform = Compose([standardize, train_transform]) if train_transform else standardize
+        eval_transform = Compose([standardize, eval_transform]) if eval_transform else standardize
     n_classes = sum(len(c) for _, c in parts)
     return nc_benchmark(
         splits[0],

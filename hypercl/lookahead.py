@@ -62,13 +62,28 @@ def _adam_step(p: Tensor, g: Tensor, group: dict, state: dict, *, decoupled: boo
     lr, wd = group["lr"], group["weight_decay"]
     if wd and not decoupled:
         g = g + wd * p
-    step = float(state["step"]) + 1 if "step" in state else 1.0
     m = state["exp_avg"] * beta1 + (1 - beta1) * g if "exp_avg" in state else (1 - beta1) * g
     v = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g if "exp_avg_sq" in state else (1 - beta2) * g * g
     if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
         v = torch.maximum(state["max_exp_avg_sq"], v)
-    denom = (v / (1 - beta2**step)).sqrt() + group["eps"]
-    delta = -lr * (m / (1 - beta1**step)) / denom
+    bias1, bias2 = _bias_corrections(state.get("step"), beta1, beta2, p)
+    denom = (v / bias2).sqrt() + group["eps"]
+    delta = -lr * (m / bias1) / denom
     if wd and decoupled:
         delta = delta - lr * wd * p
     return delta
+
+
+def _bias_corrections(step, beta1: float, beta2: float, p: Tensor) -> tuple:
+    """Adam's ``1 - beta ** (step + 1)`` for the step about to be taken. A step kept beside the
+    parameter (fused Adam keeps it on the GPU) stays a tensor: reading it on the host would stall
+    the device at every step. Computed in float64, as Python floats would be, then rounded once
+    to the parameter's dtype."""
+    if step is None:
+        return 1 - beta1, 1 - beta2
+    if not isinstance(step, Tensor) or step.device != p.device:  # on the host already
+        step = float(step) + 1
+        return 1 - beta1**step, 1 - beta2**step
+    step = step.to(device=p.device, dtype=torch.float64) + 1
+    ones = torch.ones((), dtype=torch.float64, device=p.device)
+    return ((ones - beta1**step).to(p.dtype), (ones - beta2**step).to(p.dtype))

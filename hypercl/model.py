@@ -11,6 +11,7 @@ from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hypercl.data.loaders import TaskGroups, task_groups
 from hypercl.hypernet import ChunkedHyperNetwork, HyperNetConfig
 from hypercl.inference import TaskInference, make_inference
 from hypercl.layout import Selection, WeightLayout
@@ -211,19 +212,20 @@ class HyperCLModel(MultiTaskModule):
         if task_labels is None:
             raise ValueError(_NO_TASK_LABELS)
         if isinstance(task_labels, int):
-            task_labels = torch.full((len(x),), task_labels, device=x.device)
-        tasks, inverse = torch.unique(task_labels, return_inverse=True)
-        tasks = tasks.tolist()
+            return self.run_weights(x, self.hnet(self.embeddings([task_labels]))[0], task_labels)
+        groups = task_groups(task_labels)
+        if groups is None:  # not from a DeviceLoader: read the tasks off the labels (a device sync)
+            tasks, inverse = torch.unique(task_labels, return_inverse=True)
+            order = inverse.argsort(stable=True)
+            sizes = torch.bincount(inverse, minlength=len(tasks))
+            groups = TaskGroups(tuple(tasks.tolist()), tuple(sizes.tolist()), order, order.argsort())
+        tasks = list(groups.tasks)
         flat = self.hnet(self.embeddings(tasks))  # (U, P)
         if len(tasks) == 1:
             return self.run_weights(x, flat[0], tasks[0])
-        out = None
-        for i, task in enumerate(tasks):
-            idx = (inverse == i).nonzero().squeeze(1)
-            y = self.run_weights(x[idx], flat[i], task)
-            out = y.new_zeros((len(x), *y.shape[1:])) if out is None else out
-            out = out.index_copy(0, idx, y)
-        return out
+        parts = x[groups.order].split(groups.sizes)  # grouped by task, sizes known on the host
+        out = torch.cat([self.run_weights(xi, flat[i], task) for i, (xi, task) in enumerate(zip(parts, tasks))])
+        return out[groups.restore]
 
     def tasks_of(self, experience: CLExperience) -> set[int]:
         """The task(s) a training experience trains: its task labels, or in the domain and

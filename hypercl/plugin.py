@@ -62,6 +62,7 @@ class HyperCLPlugin(SupervisedPlugin):
         self.lookahead = lookahead
         self.targets = TARGETS[targets]()
         self.earlier_tasks: list[int] = []
+        self._earlier_cache: tuple[Tensor, Tensor | None] | None = None
         self.last_reg: Tensor | None = None
         """Unscaled regulariser of the last training step (detached), for logging."""
         self.fit_time_s = 0.0
@@ -71,24 +72,37 @@ class HyperCLPlugin(SupervisedPlugin):
         self, model: HyperCLModel, tasks: Sequence[int], delta: dict[str, Tensor] | None = None
     ) -> Tensor:
         """Unscaled regulariser over ``tasks``, at the hypernetwork's parameters plus ``delta``."""
-        embs = model.embeddings(tasks).detach()
+        return self._value(model, model.embeddings(tasks).detach(), self.targets.rows(tasks), delta)
+
+    def _value(self, model: HyperCLModel, embs: Tensor, rows: Tensor | None, delta: dict[str, Tensor] | None) -> Tensor:
+        """The regulariser of the tasks with embeddings ``embs`` (detached) and rows ``rows`` of
+        the targets (``None``: all of them, in order)."""
+        moved = None if delta is None else {n: p + delta[n] for n, p in model.hnet.named_parameters()}
         if isinstance(self.targets, FactoredTargets):
-            moved = None if delta is None else {n: p + delta[n] for n, p in model.hnet.named_parameters()}
-            return self.targets.regularizer(model.hnet, embs, tasks, moved)
-        if delta is None:
-            weights = model.hnet(embs)
-        else:
-            moved = {n: p + delta[n] for n, p in model.hnet.named_parameters()}
-            weights = functional_call(model.hnet, moved, (embs,))
-        return output_regularizer(weights, self.targets(tasks))
+            return self.targets.regularizer(model.hnet, embs, rows, moved)
+        weights = model.hnet(embs) if moved is None else functional_call(model.hnet, moved, (embs,))
+        return output_regularizer(weights, self.targets.at(rows))
+
+    def sample(self, device: torch.device | str = "cpu") -> Tensor | None:
+        """Positions in ``earlier_tasks`` of the tasks to regularise at this step, sorted, drawn on
+        ``device`` (no host round trip); ``None`` when all of them are."""
+        n = len(self.earlier_tasks)
+        if self.reg_tasks is None or self.reg_tasks >= n:
+            return None
+        return torch.randperm(n, device=device)[: self.reg_tasks].sort().values
 
     def sample_tasks(self) -> list[int]:
-        """The earlier tasks to regularise at this step."""
-        old = self.earlier_tasks
-        if self.reg_tasks is None or self.reg_tasks >= len(old):
-            return old
-        picked = torch.randperm(len(old))[: self.reg_tasks].sort().values
-        return [old[i] for i in picked.tolist()]
+        """The earlier tasks to regularise at this step (on the host, for inspection)."""
+        pick = self.sample()
+        return list(self.earlier_tasks) if pick is None else [self.earlier_tasks[i] for i in pick.tolist()]
+
+    def _earlier(self, model: HyperCLModel) -> tuple[Tensor, Tensor | None]:
+        """The earlier tasks' embeddings and target rows, made once per experience: they do not
+        change while it trains. Made at the first step, after a resumed run's state is loaded."""
+        if self._earlier_cache is None:
+            tasks = self.earlier_tasks
+            self._earlier_cache = (model.embeddings(tasks).detach().clone(), self.targets.rows(tasks))
+        return self._earlier_cache
 
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -99,19 +113,24 @@ class HyperCLPlugin(SupervisedPlugin):
         for key, emb in model.task_embs.items():
             emb.requires_grad_(int(key) in current)
         self.earlier_tasks = [t for t in self.targets.tasks if t not in current]
+        self._earlier_cache = None
         self.last_reg = None
 
     def before_backward(self, strategy, **kwargs) -> None:
         if self.beta == 0 or not self.earlier_tasks:
             return
         model = _hypercl_model(strategy)
-        tasks = self.sample_tasks()
+        embs, rows = self._earlier(model)
+        pick = self.sample(embs.device)
+        if pick is not None:
+            embs = embs[pick]
+            rows = pick if rows is None else rows[pick]
         if not self.lookahead:
-            reg = self.regularizer(model, tasks)
+            reg = self._value(model, embs, rows, None)
             strategy.loss = strategy.loss + self.beta * reg
         else:
             delta = self._candidate_step(strategy, model)
-            reg = self.regularizer(model, tasks, delta)
+            reg = self._value(model, embs, rows, delta)
             # The loss's own gradients are already in .grad: backward only the regulariser.
             strategy.loss = strategy.loss.detach() + self.beta * reg
         self.last_reg = reg.detach()

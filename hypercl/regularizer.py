@@ -33,6 +33,12 @@ class TargetWeights(Protocol):
     def __call__(self, tasks: Sequence[int]) -> Tensor:
         """Targets ``(len(tasks), P)`` of the given snapshotted tasks."""
 
+    def rows(self, tasks: Sequence[int]) -> Tensor | None:
+        """Where ``tasks`` are among the snapshot's, on its device (``None``: all, in order)."""
+
+    def at(self, rows: Tensor | None) -> Tensor:
+        """Targets of the tasks at ``rows`` (from :meth:`rows`; ``None`` for all)."""
+
     def nbytes(self) -> int:
         """Memory the targets take."""
 
@@ -57,10 +63,13 @@ class StoredTargets:
             self._weights = model.hnet(model.embeddings(self.tasks)).detach().clone()
 
     def __call__(self, tasks: Sequence[int]) -> Tensor:
-        rows = [self.tasks.index(t) for t in tasks]
-        if rows == list(range(len(self.tasks))):
-            return self._weights
-        return self._weights[torch.tensor(rows, device=self._weights.device)]
+        return self.at(self.rows(tasks))
+
+    def rows(self, tasks: Sequence[int]) -> Tensor | None:
+        return _rows(self.tasks, tasks, self._weights)
+
+    def at(self, rows: Tensor | None) -> Tensor:
+        return self._weights if rows is None else self._weights[rows]
 
     def nbytes(self) -> int:
         return 0 if self._weights is None else self._weights.nbytes
@@ -91,10 +100,15 @@ class FrozenCopyTargets:
         self._hnet = copy.deepcopy(hnet, memo).requires_grad_(False)
         self._embs = model.embeddings(self.tasks).detach().clone()
 
-    @torch.no_grad()
     def __call__(self, tasks: Sequence[int]) -> Tensor:
-        rows = torch.tensor([self.tasks.index(t) for t in tasks], device=self._embs.device)
-        return self._hnet(self._embs[rows])
+        return self.at(self.rows(tasks))
+
+    def rows(self, tasks: Sequence[int]) -> Tensor | None:
+        return _rows(self.tasks, tasks, self._embs)
+
+    @torch.no_grad()
+    def at(self, rows: Tensor | None) -> Tensor:
+        return self._hnet(self._embs if rows is None else self._embs[rows])
 
     def nbytes(self) -> int:
         if self._hnet is None:
@@ -165,14 +179,20 @@ class FactoredTargets:
 
     def __call__(self, tasks: Sequence[int]) -> Tensor:
         """The targets as full weight rows (for inspection; the regulariser does not need them)."""
-        rows = self._rows(tasks)
+        return self.at(self.rows(tasks))
+
+    def rows(self, tasks: Sequence[int]) -> Tensor | None:
+        return _rows(self.tasks, tasks, self._a)
+
+    def at(self, rows: Tensor | None) -> Tensor:
+        rows = slice(None) if rows is None else rows
         sizes = torch.tensor(self._bounds[1:]) - torch.tensor(self._bounds[:-1])
         s2 = self._seg_s2.repeat_interleave(sizes.to(self._seg_s2.device), dim=1)  # (K, C)
         out = torch.einsum("tkh,ch->tkc", self._a[rows], self._w) * s2.sqrt()
         return (out.flatten(1)[:, : len(self._shift)] + self._shift).to(self._shift.dtype)
 
-    def regularizer(self, hnet, embs: Tensor, tasks: Sequence[int], params: dict[str, Tensor] | None = None) -> Tensor:
-        """``output_regularizer(hnet(embs), self(tasks))``, at ``params`` if given."""
+    def regularizer(self, hnet, embs: Tensor, rows: Tensor | None, params: dict[str, Tensor] | None = None) -> Tensor:
+        """``output_regularizer(hnet(embs), self.at(rows))``, at ``params`` if given."""
         last = f"layers.{len(hnet.layers) - 1}."
         if params is None:
             feats = hnet(embs, features=True)
@@ -180,7 +200,7 @@ class FactoredTargets:
         else:
             feats = torch.func.functional_call(hnet, params, (embs,), {"features": True})
             w = _augmented_weight(params[last + "weight"], params[last + "bias"])
-        rows = self._rows(tasks)
+        rows = slice(None) if rows is None else rows
         a, a_star = _augmented(feats).double(), self._a[rows]
         w = w.double()
         value = (
@@ -188,10 +208,7 @@ class FactoredTargets:
             - 2 * torch.einsum("tkh,khg,tkg->", a, _gram(self._bounds, self._seg_s2, w, self._w), a_star)
             + self._const[rows].sum()
         )
-        return (value / len(tasks)).to(feats.dtype)
-
-    def _rows(self, tasks: Sequence[int]) -> Tensor:
-        return torch.tensor([self.tasks.index(t) for t in tasks], device=self._a.device)
+        return (value / len(embs)).to(feats.dtype)
 
     def nbytes(self) -> int:
         parts = (self._w, self._a, self._const, self._seg_s2, self._shift)
@@ -206,6 +223,17 @@ class FactoredTargets:
         self.tasks = list(state["tasks"])
         for k in self._STATE:
             setattr(self, k, state[k.lstrip("_")])
+
+
+def _rows(snapshot: list[int], tasks: Sequence[int], like: Tensor | None) -> Tensor | None:
+    """Positions of ``tasks`` in ``snapshot`` on ``like``'s device; ``None`` for all, in order."""
+    missing = [t for t in tasks if t not in snapshot]
+    if missing:
+        raise ValueError(f"No regulariser targets for task(s) {missing}: the snapshot holds tasks {snapshot}.")
+    rows = [snapshot.index(t) for t in tasks]
+    if rows == list(range(len(snapshot))):
+        return None
+    return torch.tensor(rows, device=like.device)
 
 
 def _augmented(features: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from hypercl.bench.results import cl_metrics
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
 from hypercl.checkpoint import Checkpoint, restore
+from hypercl.data import DeviceData
 from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.metrics import task_inference_metrics
 from hypercl.results import accuracy_matrix_row
@@ -134,7 +135,8 @@ def run_one(
     metrics = [accuracy_metrics(experience=True), *(task_inference_metrics() if infers else ())]
     evaluator = EvaluationPlugin(*metrics, loggers=[])
     step_budget = [] if preset.epochs else [StepBudget(preset.steps)]
-    plugins = [*step_budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
+    # Every strategy's batches come from tensors on its device (the same batches, drawn alike).
+    plugins = [DeviceData(), *step_budget, ProgressBar(f"{strategy_name} seed {seed}", None if preset.epochs else preset.steps)]
     if strategy_name != "hypercl":  # HyperCL adds its own: every strategy trains alike
         plugins += [FlushDenormals(), StopOnNonFiniteLoss()]
     if preset.lr_schedule:
