@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from hypercl.bench.avalanche_fixes import fix_synaptic_intelligence_on_cpu
 from hypercl.bench.datasets import BenchmarkInfo
 from hypercl.bench.presets import Preset
+from hypercl.data.loaders import task_groups
 from hypercl.inference import METHODS
 from hypercl.speedups import adam
 from hypercl.strategy import HyperCL
@@ -54,7 +55,13 @@ class MultiHead(MultiTaskModule):
         return self.heads(self.body(x), task_label)
 
     def forward(self, x: Tensor, task_labels: Tensor) -> Tensor:
-        return self.heads(self.body(x), task_labels)
+        features = self.body(x)
+        groups = task_groups(task_labels)
+        if groups is None or len(groups.tasks) > 1:
+            return self.heads(features, task_labels)
+        # One task, known on the host (hypercl.data.DeviceData): no torch.unique(...).item().
+        out = self.heads(features, groups.tasks[0])
+        return nn.functional.pad(out, (0, self.heads.max_class_label - out.shape[1]))  # as Avalanche pads
 
 
 def _adam(p: Preset) -> Callable:
