@@ -2,6 +2,11 @@
 #   make split-mnist   the main job: HyperCL and Avalanche's baselines on Split MNIST (quick preset)
 #   make test          the test suite
 # Both create the virtual environment $(VENV) and install the package into it first.
+# On a machine with one CUDA GPU:
+#   make gpu-check     CUDA tests, speed table and a short benchmark in 8 minutes; report in
+#                      $(OUT) (default results/gpu-check); without a GPU it says so and exits 0
+#   make gpu-data      fill .device-data/ (git-ignored) for a GPU machine lent through the device
+#                      tool, then run `bash benchmarks/gpu_check.sh` there (see that script)
 # The benchmark targets pass --resume: run again after an interruption, they go on from the
 # last checkpoint (see the README's "Long runs").
 
@@ -11,7 +16,7 @@ VENV ?= .venv
 HYPERCL_DATA_ROOT ?= ../shared/data
 export HYPERCL_DATA_ROOT
 
-.PHONY: install test split-mnist split-cifar quickstart paper clean
+.PHONY: install test split-mnist split-cifar quickstart paper gpu-check gpu-data clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +43,14 @@ quickstart: install
 paper: install
 	$(VENV)/bin/hypercl-bench split-mnist --preset paper --seeds 3 --resume
 	$(VENV)/bin/hypercl-bench pmnist-10 --preset paper --seeds 3 --resume --checkpoint-every 1000
+
+gpu-check: install
+	$(VENV)/bin/python benchmarks/gpu_check.py $(or $(OUT),results/gpu-check) --data-root $(HYPERCL_DATA_ROOT)
+
+# MNIST gzipped (the device tool carries 64 MiB in all) and the pure-Python packages that the GPU
+# machine's image lacks, copied from $(VENV).
+gpu-data: install
+	VENV=$(VENV) bash benchmarks/gpu_check.sh prepare $(HYPERCL_DATA_ROOT)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -29,20 +29,26 @@ def candidate_step(optimizer: Optimizer, params: Sequence[Tensor], grads: Sequen
             "lookahead=False."
         )
     group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
-    steps = []
-    for p, g in zip(params, grads):
+    steps: list[Tensor | None] = [None] * len(params)
+    adam: dict[int, list[int]] = {}  # Adam's steps are made per group, for all its tensors at once
+    for i, (p, g) in enumerate(zip(params, grads)):
         group = group_of.get(p)
         if g is None or group is None:
-            steps.append(torch.zeros_like(p))
+            steps[i] = torch.zeros_like(p)
             continue
         if group.get("maximize", False):
             raise ValueError("lookahead does not support maximize=True optimizers.")
-        state = optimizer.state.get(p, {})
         if isinstance(optimizer, SGD):
-            steps.append(_sgd_step(p, g, group, state))
+            steps[i] = _sgd_step(p, g, group, optimizer.state.get(p, {}))
         else:
-            decoupled = isinstance(optimizer, AdamW) or group.get("decoupled_weight_decay", False)
-            steps.append(_adam_step(p, g, group, state, decoupled=decoupled))
+            adam.setdefault(id(group), []).append(i)
+    for idx in adam.values():
+        group = group_of[params[idx[0]]]
+        decoupled = isinstance(optimizer, AdamW) or group.get("decoupled_weight_decay", False)
+        states = [optimizer.state.get(params[i], {}) for i in idx]
+        done = _adam_steps([params[i] for i in idx], [grads[i] for i in idx], group, states, decoupled=decoupled)
+        for i, d in zip(idx, done):
+            steps[i] = d
     return steps
 
 
@@ -57,21 +63,36 @@ def _sgd_step(p: Tensor, g: Tensor, group: dict, state: dict) -> Tensor:
     return -group["lr"] * g
 
 
-def _adam_step(p: Tensor, g: Tensor, group: dict, state: dict, *, decoupled: bool) -> Tensor:
+def _adam_steps(ps: list[Tensor], gs: list[Tensor], group: dict, states: list[dict], *, decoupled: bool) -> list[Tensor]:
+    """Adam's update of every tensor of one parameter group, with ``torch._foreach_*`` kernels
+    (a handful of launches for the group, not a dozen per tensor), as ``torch.optim.Adam``
+    computes it: ``-lr * m_hat / (sqrt(v_hat) + eps)``."""
     beta1, beta2 = group["betas"]
-    lr, wd = group["lr"], group["weight_decay"]
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     if wd and not decoupled:
-        g = g + wd * p
-    m = state["exp_avg"] * beta1 + (1 - beta1) * g if "exp_avg" in state else (1 - beta1) * g
-    v = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g if "exp_avg_sq" in state else (1 - beta2) * g * g
-    if group.get("amsgrad", False) and "max_exp_avg_sq" in state:
-        v = torch.maximum(state["max_exp_avg_sq"], v)
-    bias1, bias2 = _bias_corrections(state.get("step"), beta1, beta2, p)
-    denom = (v / bias2).sqrt() + group["eps"]
-    delta = -lr * (m / bias1) / denom
+        gs = torch._foreach_add(gs, ps, alpha=wd)
+    fresh = [i for i, st in enumerate(states) if "exp_avg" not in st]
+    if fresh:  # tensors the optimizer has not stepped yet (rare: handled one by one)
+        for i in fresh:
+            states[i] = {"exp_avg": torch.zeros_like(ps[i]), "exp_avg_sq": torch.zeros_like(ps[i])}
+    m = list(torch._foreach_lerp([st["exp_avg"] for st in states], gs, 1 - beta1))
+    v = list(torch._foreach_mul([st["exp_avg_sq"] for st in states], beta2))
+    torch._foreach_addcmul_(v, gs, gs, value=1 - beta2)
+    if group.get("amsgrad", False):
+        for i, st in enumerate(states):
+            if "max_exp_avg_sq" in st:
+                v[i] = torch.maximum(st["max_exp_avg_sq"], v[i])
+    corrections = [_bias_corrections(st.get("step"), beta1, beta2, p) for st, p in zip(states, ps)]
+    if len({isinstance(c1, Tensor) for c1, _ in corrections}) > 1:  # a fresh tensor beside stepped ones
+        corrections = [tuple(torch.as_tensor(c, dtype=p.dtype, device=p.device) for c in cs) for cs, p in zip(corrections, ps)]
+    torch._foreach_div_(v, [c2 for _, c2 in corrections])
+    torch._foreach_sqrt_(v)
+    torch._foreach_add_(v, eps)
+    torch._foreach_div_(m, v)
+    torch._foreach_mul_(m, [-lr / c1 if isinstance(c1, float) else c1.reciprocal() * -lr for c1, _ in corrections])
     if wd and decoupled:
-        delta = delta - lr * wd * p
-    return delta
+        torch._foreach_add_(m, ps, alpha=-lr * wd)
+    return m
 
 
 def _bias_corrections(step, beta1: float, beta2: float, p: Tensor) -> tuple:
@@ -79,7 +100,7 @@ def _bias_corrections(step, beta1: float, beta2: float, p: Tensor) -> tuple:
     parameter (fused Adam keeps it on the GPU) stays a tensor: reading it on the host would stall
     the device at every step. Computed in float64, as Python floats would be, then rounded once
     to the parameter's dtype."""
-    if step is None:
+    if step is None or (not isinstance(step, Tensor) and not step):
         return 1 - beta1, 1 - beta2
     if not isinstance(step, Tensor) or step.device != p.device:  # on the host already
         step = float(step) + 1

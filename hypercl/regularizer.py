@@ -132,27 +132,50 @@ class FrozenCopyTargets:
 
 class FactoredTargets:
     """The targets in factored form, for hypernetworks whose last layer is linear (any with a
-    hidden layer): ``W*_j`` is that layer's frozen weights ``[V*, b*]`` applied to task ``j``'s
-    frozen features ``a*_j``. The regulariser then never builds a task's weights:
+    hidden layer): ``W*_j`` is that layer's frozen weights ``w* = [V*, b*]`` (``C x (H+1)``)
+    applied to task ``j``'s frozen features ``a*_j`` (``K x (H+1)``, with a 1 for the bias), so
+    no task's weights are ever stored. With ``D = w - w*`` and ``d_j = a_j - a*_j``,
 
-    ``||s * ([V, b] a_j - [V*, b*] a*_j)||^2 = a_j' G a_j - 2 a_j' X a*_j + a*_j' G* a*_j``
+    ``W_j - W*_j = a_j D' + d_j w*'``  (per chunk; ``s``, the output map's scale, weighs each unit)
 
-    per chunk, with ``G = [V, b]' diag(s^2) [V, b]`` and ``X = [V, b]' diag(s^2) [V*, b*]``
-    ((H+1) x (H+1) per chunk, ``s`` the output map's scale, 0 on the last chunk's surplus).
-    The Gram matrices cost one pass over the last layer whatever the number of tasks, so a
-    step's cost no longer grows with the tasks regularised, and the memory is the frozen
-    layer plus ``K x (H+1)`` numbers per task. Sums are in float64: the three terms are
-    large and nearly cancel.
+    and the regulariser has two exact forms, both in small differences (no cancellation, so
+    float32 suffices):
+
+    - *direct*: build ``a_j D' + d_j w*'`` for the ``k`` tasks regularised (``k x P`` numbers,
+      two matrix products) and sum its weighted squares;
+    - *factored*: ``a_j' G_DD a_j + 2 a_j' G_Dw d_j + d_j' G_ww d_j`` per chunk, with the Gram
+      matrices ``G_DD = D' S D``, ``G_Dw = D' S w*`` (one pass over the last layer whatever
+      ``k``) and ``G_ww = w*' S w*`` (fixed, made at the snapshot).
+
+    Each step takes the cheaper for its ``k`` (:meth:`uses_direct`, a fixed cost model, so runs
+    stay deterministic): the direct form's cost grows with ``k``, the factored one's does not.
+    Memory: the frozen layer plus ``K x (H+1)`` numbers per task.
     """
+
+    #: How much more a unit of work costs in the Gram products than in the direct form's
+    #: products (``benchmarks/speed.py --regularizer-forms``: 2 CPU cores and fp32).
+    GRAM_COST = 2.0
 
     def __init__(self) -> None:
         self.tasks: list[int] = []
-        self._w: Tensor | None = None       # (C, H+1) frozen [V*, b*]
+        self._w: Tensor | None = None       # (H+1, C) frozen [V*, b*]', stored wide like the layer
         self._a: Tensor | None = None       # (T, K, H+1) frozen features, with a 1 for the bias
-        self._const: Tensor | None = None   # (T,) a*' G* a*
         self._seg_s2: Tensor | None = None  # (K, m) s2 per chunk and interval
         self._shift: Tensor | None = None   # (P,) the output map's shift (cancels in the regulariser)
         self._bounds: list[int] = []        # intervals of output units with one s2 per chunk
+        self._derive()
+
+    def _derive(self) -> None:
+        """What follows from the state: the fixed Gram matrices and the per-unit weights."""
+        self._gww: Tensor | None = None  # (K, H+1, H+1) w*' S w*
+        self._s2: Tensor | None = None   # (K, C) s2 of every unit, 0 beyond the last weight
+        if self._w is None:
+            return
+        w = self._w.double()
+        self._gww = _gram(self._bounds, self._seg_s2.double(), w, w).to(self._w.dtype)
+        sizes = torch.tensor(self._bounds[1:]) - torch.tensor(self._bounds[:-1])
+        self._s2 = self._seg_s2.repeat_interleave(sizes.to(self._seg_s2.device), dim=1)
+        self._uniform = bool((self._s2 == 1).all())
 
     @staticmethod
     def supports(hnet) -> bool:
@@ -169,13 +192,11 @@ class FactoredTargets:
         self.tasks = model.tasks
         if not self.tasks:
             return
-        self._w = _augmented_weight(hnet.layers[-1].weight, hnet.layers[-1].bias).double()
-        s2 = hnet.output_weights().double()
-        self._bounds, self._seg_s2 = _segments(s2)
+        self._w = _augmented_weight(hnet.layers[-1].weight, hnet.layers[-1].bias).clone()
+        self._bounds, self._seg_s2 = _segments(hnet.output_weights())
         self._shift = hnet.out_shift.detach().clone()
-        self._a = _augmented(hnet(model.embeddings(self.tasks), features=True)).double()
-        gram = _gram(self._bounds, self._seg_s2, self._w, self._w)
-        self._const = torch.einsum("tkh,khg,tkg->t", self._a, gram, self._a)
+        self._a = _augmented(hnet(model.embeddings(self.tasks), features=True)).clone()
+        self._derive()
 
     def __call__(self, tasks: Sequence[int]) -> Tensor:
         """The targets as full weight rows (for inspection; the regulariser does not need them)."""
@@ -186,13 +207,22 @@ class FactoredTargets:
 
     def at(self, rows: Tensor | None) -> Tensor:
         rows = slice(None) if rows is None else rows
-        sizes = torch.tensor(self._bounds[1:]) - torch.tensor(self._bounds[:-1])
-        s2 = self._seg_s2.repeat_interleave(sizes.to(self._seg_s2.device), dim=1)  # (K, C)
-        out = torch.einsum("tkh,ch->tkc", self._a[rows], self._w) * s2.sqrt()
+        out = (self._a[rows].double() @ self._w.double()) * self._s2.double().sqrt()  # (T, K, C)
         return (out.flatten(1)[:, : len(self._shift)] + self._shift).to(self._shift.dtype)
 
-    def regularizer(self, hnet, embs: Tensor, rows: Tensor | None, params: dict[str, Tensor] | None = None) -> Tensor:
-        """``output_regularizer(hnet(embs), self.at(rows))``, at ``params`` if given."""
+    def uses_direct(self, k: int) -> bool:
+        """Whether ``k`` tasks are cheaper in the direct form: it costs ``k K C (H+1)`` products
+        per matrix product, the Gram products ``2 C (H+1)^2`` each, ``GRAM_COST`` times dearer."""
+        n_chunks, h1 = self._a.shape[1], self._a.shape[2]
+        return k * n_chunks < self.GRAM_COST * 2 * h1
+
+    def regularizer(
+        self, hnet, embs: Tensor, rows: Tensor | None, params: dict[str, Tensor] | None = None, *, form: str | None = None
+    ) -> Tensor:
+        """``output_regularizer(hnet(embs), self.at(rows))``, at ``params`` if given, in the
+        cheaper ``form`` (``"direct"`` or ``"factored"``; ``None`` chooses by :meth:`uses_direct`)."""
+        if form not in (None, "direct", "factored"):
+            raise ValueError(f"form must be 'direct', 'factored' or None, got {form!r}.")
         last = f"layers.{len(hnet.layers) - 1}."
         if params is None:
             feats = hnet(embs, features=True)
@@ -201,20 +231,26 @@ class FactoredTargets:
             feats = torch.func.functional_call(hnet, params, (embs,), {"features": True})
             w = _augmented_weight(params[last + "weight"], params[last + "bias"])
         rows = slice(None) if rows is None else rows
-        a, a_star = _augmented(feats).double(), self._a[rows]
-        w = w.double()
-        value = (
-            torch.einsum("tkh,khg,tkg->", a, _gram(self._bounds, self._seg_s2, w, w), a)
-            - 2 * torch.einsum("tkh,khg,tkg->", a, _gram(self._bounds, self._seg_s2, w, self._w), a_star)
-            + self._const[rows].sum()
-        )
-        return (value / len(embs)).to(feats.dtype)
+        a = _augmented(feats)                 # (k, K, H+1)
+        d = a - self._a[rows]                 # (k, K, H+1)
+        dw = w - self._w                      # (H+1, C)
+        k = len(embs)
+        if form is None:
+            form = "direct" if self.uses_direct(k) else "factored"
+        if form == "direct":
+            r = torch.addmm(a.flatten(0, 1) @ dw, d.flatten(0, 1), self._w).view(k, *self._s2.shape)  # (k, K, C)
+            value = r.square().sum() if self._uniform else (r.square() * self._s2).sum()
+        else:
+            gdd = _gram(self._bounds, self._seg_s2, dw, dw)         # (K, H+1, H+1)
+            gdw = _gram(self._bounds, self._seg_s2, dw, self._w)    # (K, H+1, H+1)
+            value = _quad(a, gdd, a) + 2 * _quad(a, gdw, d) + _quad(d, self._gww, d)
+        return value / k
 
     def nbytes(self) -> int:
-        parts = (self._w, self._a, self._const, self._seg_s2, self._shift)
+        parts = (self._w, self._a, self._seg_s2, self._shift, self._gww)
         return sum(t.nbytes for t in parts if t is not None)
 
-    _STATE = ("_w", "_a", "_const", "_seg_s2", "_shift", "_bounds")
+    _STATE = ("_w", "_a", "_seg_s2", "_shift", "_bounds")
 
     def state_dict(self) -> dict:
         return {"tasks": list(self.tasks), **{k.lstrip("_"): getattr(self, k) for k in self._STATE}}
@@ -223,6 +259,17 @@ class FactoredTargets:
         self.tasks = list(state["tasks"])
         for k in self._STATE:
             setattr(self, k, state[k.lstrip("_")])
+        dtype = self._shift.dtype if self._shift is not None else None
+        if dtype is not None:  # checkpoints before 0.2 kept float64 copies, the layer tall
+            self._w, self._a, self._seg_s2 = self._w.to(dtype), self._a.to(dtype), self._seg_s2.to(dtype)
+            if self._w.shape[0] != self._a.shape[-1]:
+                self._w = self._w.T.contiguous()
+        self._derive()
+
+
+def _quad(x: Tensor, g: Tensor, y: Tensor) -> Tensor:
+    """``sum_{t,k} x[t,k]' g[k] y[t,k]`` for ``x, y (T, K, H)`` and ``g (K, H, H)``."""
+    return ((x.unsqueeze(-2) @ g).squeeze(-2) * y).sum()
 
 
 def _rows(snapshot: list[int], tasks: Sequence[int], like: Tensor | None) -> Tensor | None:
@@ -242,7 +289,8 @@ def _augmented(features: Tensor) -> Tensor:
 
 
 def _augmented_weight(weight: Tensor, bias: Tensor) -> Tensor:
-    return torch.cat([weight, bias[:, None]], 1)  # (C, H+1)
+    """A :class:`~hypercl.hypernet.WideLinear`'s ``[V, b]'``: weight ``(H, C)``, bias ``(C,)``."""
+    return torch.cat([weight, bias[None]], 0)  # (H+1, C)
 
 
 def _segments(s2: Tensor) -> tuple[list[int], Tensor]:
@@ -255,15 +303,15 @@ def _segments(s2: Tensor) -> tuple[list[int], Tensor]:
 
 
 def _gram(bounds: list[int], weights: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """``u' diag(s2[k]) v`` for every chunk ``k``, ``(K, H+1, H+1)``, in one pass over the
-    rows of ``u`` and ``v``: a product per interval of :func:`_segments`, then their
+    """``u diag(s2[k]) v'`` for wide ``u, v (H+1, C)`` and every chunk ``k``, ``(K, H+1, H+1)``,
+    in one pass over their columns: a product per interval of :func:`_segments`, then their
     weighted sums per chunk. (``split``, not slicing: its backward is one concatenation,
     where each slice's would zero and copy a whole gradient.)"""
     sizes = [j - i for i, j in zip(bounds[:-1], bounds[1:])]
-    us = u.split(sizes)
-    vs = us if v is u else v.split(sizes)
-    parts = torch.stack([a.T @ b for a, b in zip(us, vs)])  # (m, H+1, H+1)
-    return torch.einsum("km,mhg->khg", weights, parts)
+    us = u.split(sizes, dim=1)
+    vs = us if v is u else v.split(sizes, dim=1)
+    parts = torch.stack([a @ b.T for a, b in zip(us, vs)])  # (m, H+1, H+1)
+    return (weights @ parts.flatten(1)).view(len(weights), *parts.shape[1:])  # (K, H+1, H+1)
 
 
 TARGETS: dict[str, type] = {"stored": StoredTargets, "frozen": FrozenCopyTargets, "factored": FactoredTargets}

@@ -67,6 +67,30 @@ def test_regulariser_is_zero_at_the_snapshot_and_matches_the_reference_after(mod
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # float32 sums in another order
 
 
+@pytest.mark.parametrize("init", ["variance", "xavier"])
+def test_factored_targets_direct_and_gram_forms_agree_with_the_reference(init):
+    hnet = HyperNetConfig(hidden=(16, 12), chunk_size=100, task_emb_dim=8, chunk_emb_dim=8, init=init)
+    model, plugin, snapshot = snapshotted_model(HyperCLModel(MLP(16, (32,), 4), hnet=hnet), 5, targets="factored")
+    trained_a_little(model)
+    targets, theta = plugin.targets, list(model.hnet.parameters())
+    tasks = [4, 0, 2]
+    embs = model.embeddings(tasks).detach()
+    slow = reference_regularizer(model, snapshot, tasks)
+    g_slow = torch.autograd.grad(slow, theta)
+    for form in ("direct", "factored"):
+        fast = targets.regularizer(model.hnet, embs, targets.rows(tasks), form=form)
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0)
+        for a, b in zip(torch.autograd.grad(fast, theta), g_slow):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # The cost model: the direct form for few tasks, the Gram form beyond K k >= 2 GRAM_COST (H+1).
+    n_chunks, h1 = model.hnet.n_chunks, 12 + 1
+    border = FactoredTargets.GRAM_COST * 2 * h1 / n_chunks
+    assert targets.uses_direct(1) and not targets.uses_direct(int(border) + 1)
+    assert all(targets.uses_direct(k) == (k < border) for k in range(1, 40))
+    with pytest.raises(ValueError, match="form must be 'direct', 'factored' or None"):
+        targets.regularizer(model.hnet, embs, None, form="gram")
+
+
 def test_regulariser_sends_no_gradient_to_task_embeddings():
     model, plugin, _ = snapshotted(3)
     trained_a_little(model)
@@ -89,10 +113,10 @@ def test_frozen_copy_memory_is_flat_in_tasks_while_stored_targets_grow():
     assert sizes["stored", 10] == 5 * sizes["stored", 2]
     emb_bytes = 8 * 4  # one float32 task embedding of size 8
     assert sizes["frozen", 10] - sizes["frozen", 2] == 8 * emb_bytes
-    # factored: per task one (chunks, hidden + 1) float64 feature block and its constant
+    # factored: per task one (chunks, hidden + 1) float32 feature block
     model = small_model()
     k, h = model.hnet.n_chunks, model.hnet.layers[-1].in_features
-    assert sizes["factored", 10] - sizes["factored", 2] == 8 * (k * (h + 1) + 1) * 8
+    assert sizes["factored", 10] - sizes["factored", 2] == 8 * k * (h + 1) * 4
 
 
 def test_factored_targets_are_the_stored_weights_and_need_a_hidden_layer():
