@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import runpy
 import shlex
 import shutil
 import signal
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "speed.py"
 RESERVE_S = 20.0  # of the budget: this script's own start-up and reports
 SHARES = {"cuda-tests": 0.2, "speed": 0.4, "bench": 0.4}  # of the rest of the budget
-SPEED_IMPLS = ("target", "naive", "hypercl-loop", "hypercl", "hypercl+lookahead", "runner-hypercl", "runner-naive")
+SPEED_IMPLS = ("target", "naive", "hypercl-loop", "hypercl", "hypercl+lookahead")
 
 
 @dataclass(frozen=True)
@@ -76,30 +75,17 @@ def plan(out: Path, device: str, *, toy: bool, data_root: str | None, budget_s: 
 
 
 def speed_step(out: Path, device: str, *, toy: bool, timeout_s: float) -> Step:
-    """``benchmarks/speed.py`` with what this version of it offers: it is being extended (a
-    ``--device`` option, ``runner-*`` implementations), so both are read off the script."""
-    try:
-        impls = tuple(runpy.run_path(str(SPEED), run_name="speed_options")["IMPLS"])
-    except Exception as err:  # whatever a broken script raises: report it as this step's failure
-        return Step("speed", [sys.executable, str(SPEED)], timeout_s, problem=f"{SPEED.name} does not load: {err!r}")
-    takes_device = re.search(r"add_argument\(\s*['\"]--device['\"]", SPEED.read_text()) is not None
+    """``benchmarks/speed.py`` on ``device``: bare steps, the runner against plain loops, and the
+    regulariser's two forms (toy sizes with ``toy``)."""
     if toy:
-        wanted = ["target", "hypercl"]
-        sizes = ["--configs", "split-mnist", "--prev", "0,9", "--warmup", "1", "--rounds", "1", "--min-time", "0.05"]
+        sizes = ["--configs", "split-mnist", "--prev", "0,1", "--impls", "target,hypercl", "--warmup", "1",
+                 "--rounds", "1", "--min-time", "0.05", "--pairs", "naive", "--pair-block", "2", "--pair-rounds", "1"]  # fmt: skip
     else:
-        wanted = [*SPEED_IMPLS, *(["hypnettorch"] if importlib.util.find_spec("hypnettorch") else [])]
-        sizes = ["--configs", "split-mnist,pmnist-10", "--prev", "0,9,99"]
-    notes = [f"speed.py has no {i!r} implementation: left out" for i in wanted if i not in impls]
-    command = [sys.executable, str(SPEED), *sizes, "--impls", ",".join(i for i in wanted if i in impls),
-               "--no-memory", "--out", str(out / "speed")]  # fmt: skip
-    if takes_device:
-        command[2:2] = ["--device", device]
-    elif device != "cpu":
-        return Step("speed", command, timeout_s, notes=notes,
-                    problem=f"{SPEED.name} has no --device option, so it cannot time steps on {device}")  # fmt: skip
-    else:
-        notes.append("speed.py has no --device option: it times the CPU")
-    return Step("speed", command, timeout_s, notes=notes)
+        impls = [*SPEED_IMPLS, *(["hypnettorch"] if importlib.util.find_spec("hypnettorch") else [])]
+        sizes = ["--configs", "split-mnist,pmnist-10", "--prev", "0,9,99", "--impls", ",".join(impls),
+                 "--pairs", "hypercl,naive,ewc,lwf,replay", "--pair-rounds", "4", "--forms"]  # fmt: skip
+    command = [sys.executable, str(SPEED), "--device", device, *sizes, "--no-memory", "--out", str(out / "speed")]
+    return Step("speed", command, timeout_s)
 
 
 def run_step(step: Step, out: Path) -> dict:

@@ -44,7 +44,11 @@ from torch.nn import functional as F
 
 from hypercl import MLP, HyperCL, HyperCLModel, HyperNetConfig, StepBudget
 from hypercl.bench.results import atomic_write, write_json
+from hypercl.bench.strategies import STRATEGIES
+from hypercl.data import mnist_root
 from hypercl.plugin import HyperCLPlugin
+from hypercl.speedups import keep_freed_memory
+from speed_runner import full_run_hypercl, full_run_hypnettorch, runner_and_loop
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,12 @@ CONFIGS = {  # the paper's settings (../REFERENCE: Split MNIST and Permuted MNIS
 }  # fmt: skip
 ADAM = partial(torch.optim.Adam, fused=True)  # every implementation: the fastest Adam on CPU and GPU
 IMPLS = ("target", "naive", "hypnettorch", "hypercl-loop", "hypercl-loop-stored", "hypercl", "hypercl+lookahead")
+DEVICE = torch.device("cpu")
 
 
 # ------------------------------------------------------------------ one step of each
 def target_step(cfg: Config, n_prev: int, k: int | None, x, y) -> Callable[[], None]:
-    net = MLP(cfg.n_in, cfg.hidden, cfg.n_out)
+    net = MLP(cfg.n_in, cfg.hidden, cfg.n_out).to(x.device)
     opt = ADAM(net.parameters(), cfg.lr)
 
     def step():
@@ -94,10 +99,10 @@ def hypnettorch_step(cfg: Config, n_prev: int, k: int | None, x, y) -> Callable[
         ) from None
 
     act = cfg.hnet.activation()
-    mnet = HMLP(n_in=cfg.n_in, n_out=cfg.n_out, hidden_layers=cfg.hidden, no_weights=True, verbose=False)
+    mnet = HMLP(n_in=cfg.n_in, n_out=cfg.n_out, hidden_layers=cfg.hidden, no_weights=True, verbose=False).to(x.device)
     hnet = ChunkedHMLP(mnet.param_shapes, cfg.hnet.chunk_size, chunk_emb_size=cfg.hnet.chunk_emb_dim,
                        cond_in_size=cfg.hnet.task_emb_dim, layers=cfg.hnet.hidden, activation_fn=act,
-                       num_cond_embs=n_prev + 1, verbose=False)  # fmt: skip
+                       num_cond_embs=n_prev + 1, verbose=False).to(x.device)  # fmt: skip
     targets = hreg.get_current_targets(n_prev, hnet) if n_prev else None
     params = [p for p in hnet.unconditional_params] + [hnet.conditional_params[n_prev]]
     opt = ADAM(params, cfg.lr)
@@ -113,15 +118,15 @@ def hypnettorch_step(cfg: Config, n_prev: int, k: int | None, x, y) -> Callable[
     return step
 
 
-def _model(cfg: Config, n_prev: int, targets: str = "factored") -> tuple[HyperCLModel, HyperCLPlugin]:
-    model = HyperCLModel(MLP(cfg.n_in, cfg.hidden, cfg.n_out), hnet=cfg.hnet)
+def _model(cfg: Config, n_prev: int, targets: str = "factored", device="cpu") -> tuple[HyperCLModel, HyperCLPlugin]:
+    model = HyperCLModel(MLP(cfg.n_in, cfg.hidden, cfg.n_out, device=device), hnet=cfg.hnet)
     for t in range(n_prev):
         model.add_task(t)
     return model, HyperCLPlugin(beta=cfg.beta, targets=targets)
 
 
 def hypercl_loop_step(cfg: Config, n_prev: int, k: int | None, x, y, targets: str = "factored") -> Callable[[], None]:
-    model, plugin = _model(cfg, n_prev, targets)
+    model, plugin = _model(cfg, n_prev, targets, device=x.device)
     plugin.reg_tasks = k
     plugin.targets.snapshot(model)
     plugin.earlier_tasks = list(range(n_prev))
@@ -152,6 +157,7 @@ class _StepTimer(SupervisedPlugin):
         self._start = time.perf_counter()
 
     def after_training_iteration(self, strategy, **kw):
+        _sync()
         self.times.append(time.perf_counter() - self._start)
 
 
@@ -165,7 +171,8 @@ class AvalancheRunner:
 
         self.timer, self.n_prev, self.x, self.y = _StepTimer(), n_prev, x, y
         self.budget = StepBudget(1)
-        common = dict(train_mb_size=len(x), evaluator=EvaluationPlugin(), plugins=[self.budget, self.timer])
+        common = dict(train_mb_size=len(x), evaluator=EvaluationPlugin(), plugins=[self.budget, self.timer],
+                      device=x.device)  # fmt: skip
         if impl == "naive":
             net = MLP(cfg.n_in, cfg.hidden, cfg.n_out)
             self.strategy = Naive(model=net, optimizer=ADAM(net.parameters(), cfg.lr), **common)
@@ -180,8 +187,9 @@ class AvalancheRunner:
         from avalanche.benchmarks import tensors_benchmark
 
         n = steps * len(self.x)
-        xs, ys = self.x.repeat(steps, 1)[:n], self.y.repeat(steps)[:n]
-        bm = tensors_benchmark(train_tensors=[(xs, ys)], test_tensors=[(self.x, self.y)], task_labels=[self.n_prev])
+        x, y = self.x.cpu(), self.y.cpu()
+        xs, ys = x.repeat(steps, 1)[:n], y.repeat(steps)[:n]
+        bm = tensors_benchmark(train_tensors=[(xs, ys)], test_tensors=[(x, y)], task_labels=[self.n_prev])
         self.budget.steps, self.timer.times = steps, []
         self.strategy.train(bm.train_stream[0])
         return self.timer.times
@@ -198,8 +206,14 @@ class LoopRunner:
         for _ in range(steps):
             t0 = time.perf_counter()
             self.step()
+            _sync()
             times.append(time.perf_counter() - t0)
         return times
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------ timing
@@ -212,7 +226,7 @@ def time_group(impls: list[str], cfg: Config, n_prev: int, k: int | None, *, war
     """Time ``impls`` side by side: after warm-up, ``rounds`` rounds in which each runs a block
     of steps in turn, so that a change in the machine's load hits all of them alike."""
     torch.manual_seed(seed)
-    x, y = torch.randn(cfg.batch, cfg.n_in), torch.randint(cfg.n_out, (cfg.batch,))
+    x, y = torch.randn(cfg.batch, cfg.n_in).to(DEVICE), torch.randint(cfg.n_out, (cfg.batch,)).to(DEVICE)
     runners, block = {}, {}
     for impl in impls:
         torch.manual_seed(seed)
@@ -228,6 +242,67 @@ def time_group(impls: list[str], cfg: Config, n_prev: int, k: int | None, *, war
                "p10_ms": 1000 * _quantile(t, 0.1), "p90_ms": 1000 * _quantile(t, 0.9)}  # fmt: skip
         for impl, t in times.items()
     }
+
+
+def _stats(t: list[float]) -> dict:
+    return {"median_ms": 1000 * statistics.median(t), "steps": len(t),
+            "p10_ms": 1000 * _quantile(t, 0.1), "p90_ms": 1000 * _quantile(t, 0.9)}  # fmt: skip
+
+
+def _device_name() -> str:
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda})"
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def _has_hypnettorch() -> bool:
+    try:
+        import hypnettorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pair_ratios(rows: list[dict]) -> dict:
+    """Per config and strategy: the runner's step over the plain loop's (goal: <= 1.2)."""
+    out: dict = {}
+    for r in rows:
+        if r["impl"].startswith("runner-"):
+            name = r["impl"].removeprefix("runner-")
+            loop = next(q for q in rows if q["config"] == r["config"] and q["impl"] == f"loop-{name}")
+            out.setdefault(r["config"], {})[name] = r["median_ms"] / loop["median_ms"]
+    return out
+
+
+def regularizer_forms(configs: list[str], ks=(1, 2, 3, 4, 6, 9), reps: int = 15) -> list[dict]:
+    """The factored regulariser's direct and Gram forms, forward and backward, for ``k`` tasks:
+    where they cross is what ``FactoredTargets.GRAM_COST`` encodes."""
+    out = []
+    for config in configs:
+        cfg = CONFIGS[config]
+        for k in ks:
+            model, plugin = _model(cfg, k, "factored", device=DEVICE)
+            plugin.targets.snapshot(model)
+            with torch.no_grad():
+                for p in model.hnet.parameters():
+                    p.add_(1e-3 * torch.randn_like(p))
+            embs = model.embeddings(list(range(k))).detach()
+            row = {"config": config, "k": k, "uses_direct": plugin.targets.uses_direct(k)}
+            for form in ("direct", "factored", "direct", "factored"):  # twice, interleaved; the better kept
+                def step(form=form):
+                    plugin.targets.regularizer(model.hnet, embs, None, form=form).backward()
+                    _sync()
+                times = [_timed(step) for _ in range(reps + 3)][3:]
+                row[form + "_ms"] = min(row.get(form + "_ms", float("inf")), 1000 * statistics.median(times))
+            out.append(row)
+            print(f"forms {config} k={k}: {row}", file=sys.stderr, flush=True)
+    return out
+
+
+def _timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -320,6 +395,33 @@ def markdown(report: dict) -> str:
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {name} | {v:.2f} |" for name, v in report["ratios"].get(config, {}).items()]
         lines.append("")
+    if report.get("pairs"):
+        lines += ["## The runner's step against the same strategy's plain loop", "",
+                  "`hypercl-bench`'s step (Avalanche's template, the runner's plugins, the next batch from "
+                  "`hypercl.data.DeviceData`) and a plain loop of the same strategy on the batch in hand "
+                  "(forward, criterion, the algorithm's own hooks, backward, Adam), in alternating blocks of "
+                  "the second task; paper preset settings, synthetic data of the benchmark's shape.", "",
+                  "| config | strategy | runner (ms) | plain loop (ms) | runner / loop |", "|---|---|---|---|---|"]  # fmt: skip
+        for config, by in report["pairs"].items():
+            for name, ratio in by.items():
+                ms = {r["impl"]: r["median_ms"] for r in report["rows"] if r["config"] == config}
+                lines.append(f"| {config} | {name} | {ms['runner-' + name]:.2f} | {ms['loop-' + name]:.2f} | {ratio:.2f} |")
+        lines.append("")
+    if report.get("full_runs"):
+        lines += ["## Whole Split MNIST paper runs (5 tasks x 2000 steps of batch 128, lookahead, beta 0.01)", "",
+                  "| impl | seed | training (s) | training + evaluation (s) | final avg acc (%) | BWT (points) |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in report["full_runs"]:
+            lines.append(f"| {r['impl']} | {r['seed']} | {r['train_s']:.1f} | {r['train_and_eval_s']:.1f} | "
+                         f"{100 * r['final_avg_acc']:.2f} | {100 * r['bwt']:+.2f} |")  # fmt: skip
+        lines.append("")
+    if report.get("forms"):
+        lines += ["## The factored regulariser's two forms (forward + backward, ms)", "",
+                  "| config | tasks | direct | Gram | chosen |", "|---|---|---|---|---|"]  # fmt: skip
+        for f in report["forms"]:
+            chosen = "direct" if f["uses_direct"] else "Gram"
+            lines.append(f"| {f['config']} | {f['k']} | {f['direct_ms']:.2f} | {f['factored_ms']:.2f} | {chosen} |")
+        lines.append("")
     if report.get("memory"):
         lines += ["## Memory (peak RSS of a fresh process; targets = what the regulariser keeps)", "",
                   "| config | targets | tasks | peak RSS (MB) | targets (MB) |", "|---|---|---|---|---|"]  # fmt: skip
@@ -341,10 +443,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", type=Path, default=Path("results/speed"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--pairs", default=",".join(STRATEGIES),
+                   help="strategies timed in the runner (hypercl-bench's step, data path included) and in a plain "
+                        "loop, side by side in their second task; '' for none")  # fmt: skip
+    p.add_argument("--pair-block", type=int, default=10, help="steps per block of runner or plain-loop steps")
+    p.add_argument("--pair-rounds", type=int, default=6, help="blocks of each per strategy and config")
+    p.add_argument("--full-run", type=int, default=0, metavar="SEEDS",
+                   help="also time whole Split MNIST paper runs (5 x 2000 steps, evaluation included) of HyperCL "
+                        "through hypercl-bench's code and of hypnettorch's plain loop, for this many seeds")  # fmt: skip
+    p.add_argument("--data-root", default=None, help="MNIST for --full-run (default $HYPERCL_DATA_ROOT)")
+    p.add_argument("--forms", action="store_true",
+                   help="also time the factored regulariser's direct and Gram forms for 1-9 tasks (GRAM_COST)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(not args.no_ftz)
+    keep_freed_memory()  # for every implementation alike
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this machine has no CUDA GPU (torch {torch.__version__})")
+    pairs = [s for s in args.pairs.split(",") if s]
+    if [s for s in pairs if s not in STRATEGIES]:
+        p.error(f"unknown strategies in --pairs; choose from {', '.join(STRATEGIES)}")
     configs, impls = args.configs.split(","), args.impls.split(",")
     for name, valid in ((configs, CONFIGS), (impls, IMPLS)):
         bad = [v for v in name if v not in valid]
@@ -362,6 +484,22 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"config": config, "impl": impl, "n_prev": n, "subset": subset, **r})
                 print(f"{config:12s} {impl:18s} {n:3d} earlier{' k=' + str(args.k) if subset else '':6s} "
                       f"{r['median_ms']:8.1f} ms ({r['steps']} steps)", file=sys.stderr, flush=True)  # fmt: skip
+    for config in configs if pairs else ():
+        for name in pairs:
+            runner, loop = runner_and_loop(name, config, device=DEVICE, block=args.pair_block, rounds=args.pair_rounds)
+            for impl, t in ((f"runner-{name}", runner), (f"loop-{name}", loop)):
+                rows.append({"config": config, "impl": impl, "n_prev": 1, "subset": False, **_stats(t)})
+            print(f"{config:12s} {name:8s} runner {rows[-2]['median_ms']:7.2f} ms, plain loop "
+                  f"{rows[-1]['median_ms']:7.2f} ms", file=sys.stderr, flush=True)  # fmt: skip
+    full = []
+    for seed in range(args.full_run):
+        root = mnist_root(args.data_root)
+        runs = [full_run_hypercl(root, seed, str(DEVICE))]
+        if _has_hypnettorch():
+            runs.append(full_run_hypnettorch(root, seed, str(DEVICE)))
+        full += runs
+        print(f"full runs seed {seed}: {runs}", file=sys.stderr, flush=True)
+    forms = regularizer_forms(configs) if args.forms else []
     mem = []
     if not args.no_memory:
         for config in configs:
@@ -373,12 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "flush_denormal": not args.no_ftz,
         "optimizer": "torch.optim.Adam(fused=True) for every implementation",
-        "machine": {"device": f"CPU, {torch.get_num_threads()} threads", "platform": platform.platform(),
+        "machine": {"device": _device_name(), "platform": platform.platform(),
                     "processor": platform.processor(), "torch": torch.__version__},  # fmt: skip
         "configs": configs,
         "k": args.k,
         "rows": rows,
         "ratios": ratios(rows, args.k),
+        "pairs": pair_ratios(rows),
+        "full_runs": full,
+        "forms": forms,
         "memory": mem,
     }
     write_json(args.out / "speed.json", report)

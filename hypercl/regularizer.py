@@ -152,9 +152,14 @@ class FactoredTargets:
     Memory: the frozen layer plus ``K x (H+1)`` numbers per task.
     """
 
-    #: How much more a unit of work costs in the Gram products than in the direct form's
-    #: products (``benchmarks/speed.py --regularizer-forms``: 2 CPU cores and fp32).
+    #: Cost of the Gram form per number of the last layer (``C (H+1)`` of them), in units of the
+    #: direct form's cost per generated number and task (``K C`` per task). Both forms are bound
+    #: by passes over memory, not by arithmetic; measured with ``benchmarks/speed.py --forms``
+    #: (2 CPU cores, fp32): about 7 ns per number of the layer against 3-4 ns per generated
+    #: number, on the paper's Split MNIST and Permuted MNIST sizes.
     GRAM_COST = 2.0
+    #: Memory the direct form may keep for every snapshotted task's chunk outputs.
+    TARGET_CACHE_BYTES = 512 * 2**20
 
     def __init__(self) -> None:
         self.tasks: list[int] = []
@@ -169,13 +174,13 @@ class FactoredTargets:
         """What follows from the state: the fixed Gram matrices and the per-unit weights."""
         self._gww: Tensor | None = None  # (K, H+1, H+1) w*' S w*
         self._s2: Tensor | None = None   # (K, C) s2 of every unit, 0 beyond the last weight
+        self._hstar: Tensor | None = None  # (T, K, C) the direct form's targets, made when first needed
         if self._w is None:
             return
         w = self._w.double()
         self._gww = _gram(self._bounds, self._seg_s2.double(), w, w).to(self._w.dtype)
         sizes = torch.tensor(self._bounds[1:]) - torch.tensor(self._bounds[:-1])
         self._s2 = self._seg_s2.repeat_interleave(sizes.to(self._seg_s2.device), dim=1)
-        self._uniform = bool((self._s2 == 1).all())
 
     @staticmethod
     def supports(hnet) -> bool:
@@ -211,10 +216,10 @@ class FactoredTargets:
         return (out.flatten(1)[:, : len(self._shift)] + self._shift).to(self._shift.dtype)
 
     def uses_direct(self, k: int) -> bool:
-        """Whether ``k`` tasks are cheaper in the direct form: it costs ``k K C (H+1)`` products
-        per matrix product, the Gram products ``2 C (H+1)^2`` each, ``GRAM_COST`` times dearer."""
+        """Whether ``k`` tasks are cheaper in the direct form (``k K C`` numbers made and read) than
+        in the Gram form (passes over the ``C (H+1)`` numbers of the layer, ``GRAM_COST`` each)."""
         n_chunks, h1 = self._a.shape[1], self._a.shape[2]
-        return k * n_chunks < self.GRAM_COST * 2 * h1
+        return k * n_chunks < self.GRAM_COST * h1
 
     def regularizer(
         self, hnet, embs: Tensor, rows: Tensor | None, params: dict[str, Tensor] | None = None, *, form: str | None = None
@@ -223,28 +228,39 @@ class FactoredTargets:
         cheaper ``form`` (``"direct"`` or ``"factored"``; ``None`` chooses by :meth:`uses_direct`)."""
         if form not in (None, "direct", "factored"):
             raise ValueError(f"form must be 'direct', 'factored' or None, got {form!r}.")
-        last = f"layers.{len(hnet.layers) - 1}."
+        last = hnet.layers[-1]
         if params is None:
             feats = hnet(embs, features=True)
-            w = _augmented_weight(hnet.layers[-1].weight, hnet.layers[-1].bias)
+            weight, bias = last.weight, last.bias
         else:
             feats = torch.func.functional_call(hnet, params, (embs,), {"features": True})
-            w = _augmented_weight(params[last + "weight"], params[last + "bias"])
+            prefix = f"layers.{len(hnet.layers) - 1}."
+            weight, bias = params[prefix + "weight"], params[prefix + "bias"]
         rows = slice(None) if rows is None else rows
-        a = _augmented(feats)                 # (k, K, H+1)
-        d = a - self._a[rows]                 # (k, K, H+1)
-        dw = w - self._w                      # (H+1, C)
         k = len(embs)
         if form is None:
             form = "direct" if self.uses_direct(k) else "factored"
-        if form == "direct":
-            r = torch.addmm(a.flatten(0, 1) @ dw, d.flatten(0, 1), self._w).view(k, *self._s2.shape)  # (k, K, C)
-            value = r.square().sum() if self._uniform else (r.square() * self._s2).sum()
+        if form == "direct":  # the chunks' outputs before the output map, against the targets'
+            h = torch.addmm(bias, feats.flatten(0, 1), weight).view(k, *self._s2.shape)  # (k, K, C)
+            value = _WeightedSquares.apply(h, self._targets(rows), self._s2)
         else:
+            a = _augmented(feats)                       # (k, K, H+1)
+            d = a - self._a[rows]                       # (k, K, H+1)
+            dw = _augmented_weight(weight, bias) - self._w  # (H+1, C)
             gdd = _gram(self._bounds, self._seg_s2, dw, dw)         # (K, H+1, H+1)
             gdw = _gram(self._bounds, self._seg_s2, dw, self._w)    # (K, H+1, H+1)
             value = _quad(a, gdd, a) + 2 * _quad(a, gdw, d) + _quad(d, self._gww, d)
         return value / k
+
+    @torch.no_grad()
+    def _targets(self, rows) -> Tensor:
+        """The snapshot's chunk outputs ``a*_j w*`` of the tasks at ``rows``, ``(k, K, C)``: made
+        once for all tasks where they fit in :attr:`TARGET_CACHE_BYTES`, else for these rows."""
+        if self._hstar is None and self._a.numel() // self._a.shape[-1] * self._w.shape[1] * 4 <= self.TARGET_CACHE_BYTES:
+            self._hstar = self._a @ self._w
+        if self._hstar is not None:
+            return self._hstar[rows]
+        return self._a[rows] @ self._w
 
     def nbytes(self) -> int:
         parts = (self._w, self._a, self._seg_s2, self._shift, self._gww)
@@ -265,6 +281,24 @@ class FactoredTargets:
             if self._w.shape[0] != self._a.shape[-1]:
                 self._w = self._w.T.contiguous()
         self._derive()
+
+
+class _WeightedSquares(torch.autograd.Function):
+    """``sum(s2 * (h - target)^2)`` in three passes over ``h``, and one for its gradient
+    (``2 s2 (h - target)``, kept from the forward pass), where autograd's chain of
+    elementwise ops would take about ten."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, target: Tensor, s2: Tensor) -> Tensor:
+        r = h - target
+        q = r * s2
+        ctx.save_for_backward(q)
+        return torch.dot(r.flatten(), q.flatten())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (q,) = ctx.saved_tensors
+        return q * (2 * grad), None, None
 
 
 def _quad(x: Tensor, g: Tensor, y: Tensor) -> Tensor:

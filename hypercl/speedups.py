@@ -9,6 +9,8 @@ step 1.7 times faster; it changes values only below 1.2e-38.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterable
 
 import torch
@@ -31,6 +33,31 @@ def denormals_flushed() -> bool:
     """Whether this thread's CPU arithmetic flushes denormal floats to zero right now."""
     tiny = torch.tensor([1e-39])  # a denormal float32
     return (tiny * 1.0).item() == 0.0
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
+    """Let glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system.
+
+    A training step allocates and frees tensors of a few MB; by default glibc gives blocks that
+    large back to the system when they are freed (``mmap``/``munmap``, heap trimming), so every
+    step pays page faults to get them again: 25-30 % of a HyperCL step on a 2-core x86 CPU
+    (``benchmarks/speed.py``). Raising the thresholds keeps them mapped (the process's resident
+    memory stays at its peak). Process-wide and permanent; ``hypercl-bench`` and
+    ``benchmarks/speed.py`` call it for every strategy alike. Returns whether it applied (glibc
+    only; elsewhere, e.g. macOS, it does nothing).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 class FlushDenormals(SupervisedPlugin):

@@ -27,6 +27,7 @@ from hypercl.bench.strategies import STRATEGIES, settings_of
 from hypercl.checkpoint import CheckpointError, load_checkpoint
 from hypercl.data import DATA_ROOT_ENV
 from hypercl.plotting import plot_all
+from hypercl.speedups import keep_freed_memory
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     silence_avalanche_notices()
+    keep_freed_memory()  # every strategy alike: no page faults for the step's freed buffers
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     command = shlex.join(["hypercl-bench", *argv])
