@@ -48,7 +48,9 @@ from hypercl.bench.strategies import STRATEGIES
 from hypercl.data import mnist_root
 from hypercl.plugin import HyperCLPlugin
 from hypercl.speedups import keep_freed_memory
-from speed_runner import full_run_hypercl, full_run_hypnettorch, runner_and_loop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed_runner beside this script, however it is run
+from speed_runner import full_run_hypercl, full_run_hypnettorch, runner_and_loop  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def runner_and_loop(name: str, config: str, *, device: torch.device, block: int,
                              eval_mb_size=1000, device=str(device), evaluator=EvaluationPlugin(),
                              plugins=[DeviceData(), budget, *infra, probe])  # fmt: skip
     strategy.train(stream.train_stream[0])
-    probe._i, budget.steps = 0, warmup + 2 * block * rounds + 1
+    probe._i, budget.steps = 0, warmup + 2 * block * rounds
     strategy.train(stream.train_stream[1])
     return probe.runner, probe.plain
 

@@ -211,11 +211,25 @@ def test_speed_benchmark_times_every_setting_and_writes_its_ratios(tmp_path, mon
     speed.CONFIGS["tiny"] = speed.Config(20, (16,), 3, HyperNetConfig(hidden=(8,), chunk_size=64, task_emb_dim=4,
                                                                       chunk_emb_dim=4), 0.01, 1e-3)  # fmt: skip
     args = ["--configs", "tiny", "--impls", "target,naive,hypercl-loop,hypercl-loop-stored,hypercl", "--prev", "0,3",
-            "--k", "2", "--warmup", "2", "--rounds", "2", "--min-time", "0.02", "--no-memory", "--out", str(tmp_path)]  # fmt: skip
+            "--k", "2", "--warmup", "2", "--rounds", "2", "--min-time", "0.02", "--no-memory", "--out", str(tmp_path),
+            "--pairs", ""]  # fmt: skip
     try:
         assert speed.main(args) == 0
+        forms = speed.regularizer_forms(["tiny"], ks=(1, 3), reps=2)
+        # The runner against the plain loop, side by side in one experience, at Split MNIST's sizes.
+        assert speed.main(["--configs", "split-mnist", "--impls", "target", "--prev", "0", "--warmup", "1",
+                           "--rounds", "1", "--min-time", "0.01", "--no-memory", "--pairs", "naive,hypercl",
+                           "--pair-block", "2", "--pair-rounds", "2", "--out", str(tmp_path / "pairs")]) == 0  # fmt: skip
     finally:
         torch.set_flush_denormal(False)
+    assert [f["k"] for f in forms] == [1, 3] and all(f["direct_ms"] > 0 and f["factored_ms"] > 0 for f in forms)
+    pairs = json.loads((tmp_path / "pairs" / "speed.json").read_text())
+    steps = {r["impl"]: r["steps"] for r in pairs["rows"]}
+    assert steps["runner-naive"] >= 2 and steps["loop-naive"] == 4 and steps["loop-hypercl"] == 4
+    assert pairs["pairs"]["split-mnist"]["naive"] == pytest.approx(
+        {r["impl"]: r["median_ms"] for r in pairs["rows"]}["runner-naive"]
+        / {r["impl"]: r["median_ms"] for r in pairs["rows"]}["loop-naive"])
+    assert "| split-mnist | hypercl |" in (tmp_path / "pairs" / "speed.md").read_text()
     report = json.loads((tmp_path / "speed.json").read_text())
     got = {(r["impl"], r["n_prev"], r["subset"]) for r in report["rows"]}
     assert got == {("target", 0, False), ("naive", 0, False)} | {
