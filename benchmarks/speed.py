@@ -254,7 +254,8 @@ def _stats(t: list[float]) -> dict:
 def _device_name() -> str:
     if DEVICE.type == "cuda":
         return f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda})"
-    return f"CPU, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"CPU, {n} thread{'s' * (n > 1)}"
 
 
 def _has_hypnettorch() -> bool:
@@ -383,7 +384,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Training-step time, {report['machine']['device']}", "", f"Command: `{report['command']}`", "",
              "Median ms per step (forward, loss, regulariser, backward, Adam), batch 128, after warm-up.", ""]  # fmt: skip
     for config in report["configs"]:
-        rows = [r for r in report["rows"] if r["config"] == config]
+        rows = [r for r in report["rows"] if r["config"] == config and not r["impl"].startswith(("runner-", "loop-"))]
         settings = sorted({(r["n_prev"], r["subset"]) for r in rows}, key=lambda s: (s[1], s[0]))
         head = [f"{n} earlier" + (f", k={report['k']}" if sub else "") for n, sub in settings]
         lines += [f"## {config}", "", "| impl | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
