@@ -6,6 +6,7 @@ from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetti
 from avalanche.training.plugins import EvaluationPlugin
 
 from hypercl import MLP, HyperCL, HyperNetConfig, StepBudget
+from hypercl.data import DeviceData
 
 torch.manual_seed(0)
 benchmark = SplitMNIST(
@@ -28,7 +29,7 @@ strategy = HyperCL(
     train_mb_size=128,
     eval_mb_size=1000,
     evaluator=evaluator,
-    plugins=[StepBudget(200)],  # 200 steps per task; the paper trains 2000
+    plugins=[StepBudget(200), DeviceData()],  # 200 steps per task (the paper trains 2000); batches from tensors
 )
 print(f"hypernetwork / target parameters: {strategy.model.compression_ratio():.3f}")
 
