@@ -168,6 +168,17 @@ def test_deterministic_transforms_are_applied_once_per_sample_of_the_underlying_
         assert torch.equal(again.inputs(torch.arange(len(part))), _all(part)[0])
 
 
+def test_the_cache_keeps_at_most_its_bytes_and_reloads_what_it_dropped():
+    stream = uint8_stream(n_tasks=4, n=100)  # each experience's leaf: 100 x 16 uint8 = 1600 bytes
+    cache = DataCache("cpu", max_bytes=2 * 1600)
+    for exp in stream.train_stream:
+        cache.tensors(exp.dataset.train())
+    assert len(cache._raw) == 2 and sum(v[1].nbytes for v in cache._raw.values()) <= 2 * 1600
+    first = stream.train_stream[0].dataset.train()
+    again = cache.tensors(first)  # dropped, loaded again, the same samples
+    assert torch.equal(again.inputs(torch.arange(100)), _all(first)[0])
+
+
 def test_a_random_transform_keeps_avalanches_loader_and_says_so():
     class Jitter:
         def __call__(self, x):

@@ -32,11 +32,12 @@ class DeviceData(SupervisedPlugin):
 
     Args:
         eval: serve evaluation batches too.
+        max_bytes: underlying data kept on the device at most (least recently used dropped first).
     """
 
-    def __init__(self, *, eval: bool = True) -> None:
+    def __init__(self, *, eval: bool = True, max_bytes: int = 4 * 2**30) -> None:
         super().__init__()
-        self.eval = eval
+        self.eval, self.max_bytes = eval, max_bytes
         self.cache: DataCache | None = None
         self._kept = None  # the loader of this experience that stays Avalanche's
         self._told: set[str] = set()
@@ -45,7 +46,7 @@ class DeviceData(SupervisedPlugin):
         if isinstance(loader, DeviceLoader) or (training and loader is self._kept):
             return loader
         if self.cache is None or self.cache.device != strategy.device:
-            self.cache = DataCache(strategy.device)
+            self.cache = DataCache(strategy.device, max_bytes=self.max_bytes)
         got = device_loader(loader, self.cache)
         if isinstance(got, str):
             if got not in self._told:

@@ -17,6 +17,7 @@ caller keeps Avalanche's loader.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -74,12 +75,30 @@ class _Branch:
 
 
 class DataCache:
-    """Datasets as :class:`Tensors` on ``device``, sharing the work per underlying dataset."""
+    """Datasets as :class:`Tensors` on ``device``, sharing the work per underlying dataset.
 
-    def __init__(self, device: torch.device | str) -> None:
+    Keeps at most ``max_bytes`` of underlying data (raw rows and transformed samples), dropping
+    the least recently used first: a long stream of lazily loaded experiences (Permuted MNIST-100)
+    holds only the recent ones, and the older ones are loaded again if asked for.
+    """
+
+    def __init__(self, device: torch.device | str, *, max_bytes: int = 4 * 2**30) -> None:
         self.device = torch.device(device)
-        self._raw: dict[int, tuple[object, Tensor]] = {}
-        self._done: dict[tuple, tuple[tuple, Tensor, np.ndarray]] = {}
+        self.max_bytes = max_bytes
+        self._raw: OrderedDict[int, tuple[object, Tensor]] = OrderedDict()
+        self._done: OrderedDict[tuple, tuple[tuple, Tensor, np.ndarray]] = OrderedDict()
+
+    def _used(self, cache: OrderedDict, key) -> None:
+        """Mark ``key`` as just used, and drop the least recently used entries beyond ``max_bytes``."""
+        cache.move_to_end(key)
+        entries = [(c, k) for c in (self._raw, self._done) for k in c]
+        total = sum(c[k][1].nbytes for c, k in entries)
+        for c in (self._done, self._raw):  # transformed samples first: they are the dearer to hold
+            while total > self.max_bytes and len(c) > (1 if c is cache else 0):
+                oldest = next(iter(c))
+                if c is cache and oldest == key:
+                    break
+                total -= c.pop(oldest)[1].nbytes
 
     def tensors(self, dataset) -> Tensors | str:
         """``dataset`` as tensors, or why it cannot be (then use Avalanche's loader)."""
@@ -120,6 +139,7 @@ class DataCache:
             key = id(b.leaf)
             if key not in self._raw:
                 self._raw[key] = (b.leaf, raw.to(self.device))
+            self._used(self._raw, key)
             rows = torch.as_tensor(b.rows, device=self.device)
             return self._raw[key][1][rows], b.transforms
         return self._transformed(b), ()
@@ -131,6 +151,7 @@ class DataCache:
             first = apply(b.transforms, b.leaf[int(b.rows[0])][0])
             store = torch.empty((len(b.leaf), *first.shape), dtype=first.dtype, device=self.device)
             self._done[key] = ((b.leaf, b.transforms), store, np.zeros(len(b.leaf), dtype=bool))
+        self._used(self._done, key)
         _, store, filled = self._done[key]
         todo = np.unique(b.rows[~filled[b.rows]])
         if len(todo):
