@@ -108,9 +108,27 @@ def _put_dynamic(strategy, state: dict) -> None:
             f"The checkpoint's model does not fit this strategy's: {' '.join(problems[:2])}{more} Build "
             "the strategy with the settings the checkpoint was written with."
         ) from None
+    _check_optimizer_shapes(strategy.optimizer, state["optimizer"])
     strategy.optimizer.load_state_dict(state["optimizer"])
     _put_plugins(strategy, state, static=False)
     strategy._stop_training = state["stop_training"]
+
+
+def _check_optimizer_shapes(optimizer, saved: dict) -> None:
+    """``Optimizer.load_state_dict`` does not compare shapes; a mismatch would fail later, inside
+    a step. Checkpoints of hypercl 0.1 kept the hypernetwork's last layer (and Adam's moments for
+    it) tall, where it is now stored wide."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    for i, p in zip(ids, params):
+        for name, value in saved["state"].get(i, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                raise CheckpointError(
+                    f"The checkpoint's optimizer state {name!r} has shape {tuple(value.shape)} for a parameter "
+                    f"of shape {tuple(p.shape)}: it was written by another version of hypercl (0.1 stored the "
+                    "hypernetwork's last layer transposed). Resume it with that version, or pass --force "
+                    "(hypercl-bench) to start the run over."
+                )
 
 
 # ------------------------------------------------------------------------ files

@@ -221,6 +221,18 @@ def test_a_non_finite_loss_keeps_the_last_good_checkpoint_and_it_resumes(tmp_pat
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+def test_a_checkpoint_whose_optimizer_state_has_other_shapes_is_refused_with_the_way_out(tmp_path):
+    path = tmp_path / "run.pt"
+    strategy = build("hypercl", "task", [Checkpoint(path)])
+    strategy.train(conflicting_stream(n_tasks=1).train_stream[0])
+    ckpt = load_checkpoint(path)
+    state = ckpt["strategy"]["optimizer"]["state"]
+    key = next(k for k, v in state.items() if v["exp_avg"].dim() == 2)
+    state[key]["exp_avg"] = state[key]["exp_avg"].T.contiguous()  # as 0.1 kept the last layer
+    with pytest.raises(CheckpointError, match=r"optimizer state 'exp_avg' has shape .* another version of hypercl.*--force"):
+        restore(build("hypercl", "task", []), ckpt, conflicting_stream(n_tasks=1).train_stream)
+
+
 def test_bad_strategy_arguments_say_what_was_expected():
     with pytest.raises(TypeError, match="target must be an nn.Module.*got a str"):
         HyperCL(target="resnet32")
