@@ -33,10 +33,12 @@ strategy = HyperCL(
 )
 print(f"hypernetwork / target parameters: {strategy.model.compression_ratio():.3f}")
 
-for i, experience in enumerate(benchmark.train_stream):
+results = []
+for experience in benchmark.train_stream:  # Avalanche's getting-started loop
     strategy.train(experience)
-    metrics = strategy.eval(benchmark.test_stream[: i + 1])
+    results.append(strategy.eval(benchmark.test_stream))  # the whole stream, untrained tasks too
 
+metrics = results[-1]
 accs = [metrics[f"Top1_Acc_Exp/eval_phase/test_stream/Task{t:03d}/Exp{t:03d}"] for t in range(5)]
 print("accuracy per task:", "  ".join(f"{a:.4f}" for a in accs))
 print(f"average {sum(accs) / len(accs):.4f}, BWT {metrics['StreamBWT/eval_phase/test_stream']:+.4f}")

@@ -9,13 +9,14 @@ from hypercl.layout import WeightLayout
 from hypercl.metrics import TaskInferenceAccuracy, task_inference_metrics
 from hypercl.model import HyperCLModel
 from hypercl.plugin import HyperCLPlugin
+from hypercl.rng import EvalKeepsRandomState
 from hypercl.regularizer import FrozenCopyTargets, StoredTargets, output_regularizer
 from hypercl.strategy import HyperCL
 from hypercl.budget import StepBudget
 from hypercl.schedule import EpochSchedule
 from hypercl.targets import MLP, ResNet, ZenkeNet, resnet32
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BatchAugment",
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "ChunkedHyperNetwork",
     "EntropyInference",
+    "EvalKeepsRandomState",
     "EpochSchedule",
     "FrozenCopyTargets",
     "HyperCL",

@@ -28,18 +28,17 @@ resume.
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
 from hypercl.atomic import atomic_path
 from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.plugin_states import state_handler
+from hypercl.rng import rng_state, set_rng_state
 
 FORMAT = "hypercl-checkpoint"
 VERSION = 1
@@ -47,31 +46,6 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or does not fit the strategy it is restored into."""
-
-
-# ------------------------------------------------------------------------ random state
-def rng_state() -> dict:
-    """The state of every random number generator a run draws from."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
-        "random": list(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["random"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------ strategy state
@@ -101,6 +75,8 @@ def _put_dynamic(strategy, state: dict) -> None:
     """Everything that changes from step to step: model, optimizer, per-step plugin state."""
     try:
         strategy.model.load_state_dict(state["model"])
+    except ValueError as err:  # a HyperCLModel names what differs
+        raise CheckpointError(f"The checkpoint's model does not fit this strategy's. {err}") from None
     except RuntimeError as err:
         problems = [line.strip() for line in str(err).splitlines()[1:]]
         more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""

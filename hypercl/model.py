@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from avalanche.benchmarks.scenarios import CLExperience
+from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -31,7 +35,27 @@ class HyperCLModel(MultiTaskModule):
 
     One task embedding per task label lives in ``task_embs`` (an ``nn.ParameterDict``
     keyed by ``str(task)``), created in :meth:`adaptation` when a training experience
-    brings a new task label.
+    brings a new task label. Its initial value, N(0, 1) as in the paper, is drawn from a
+    generator seeded by the model's ``emb_seed`` (drawn from torch's global generator when
+    the model is built) and the task label: it is the same whenever the task arrives, and
+    creating it leaves the global random state alone.
+
+    **Untrained tasks.** In evaluation, a task that has not been trained yet runs the
+    network that its training will start from: the weights generated from its initial
+    embedding (:meth:`initial_embedding`), the target's initial running statistics, and all
+    outputs (no class is masked, as none is known). Its accuracy is what an untrained head
+    of a multi-head model gives, and Avalanche's forward-transfer metrics compare against
+    it. Nothing is created for it: evaluating untrained tasks does not change training. In
+    the domain and class scenarios the inferred task is one of the trained ones; before the
+    first experience, ``"domain"`` runs the initial network of experience 0 and ``"class"``
+    outputs a uniform distribution over the classes evaluation has seen.
+
+    **Saving and loading.** ``state_dict()`` holds everything: the hypernetwork, the task
+    embeddings, the per-task statistics, fitted task inference, each task's classes, and a
+    description of the target and hypernetwork. ``load_state_dict`` into a freshly built
+    model with the same target and configuration recreates the tasks it finds and then
+    evaluates identically; a state dict from another target or configuration is refused
+    with a message that names what differs.
 
     Args:
         target: the network to generate weights for.
@@ -108,6 +132,14 @@ class HyperCLModel(MultiTaskModule):
             if name in generated or freeze_shared:
                 p.requires_grad_(False)
         self.task_embs = nn.ParameterDict()
+        self.emb_seed = int(torch.randint(0, 2**62, ()).item())
+        """Seeds the task embeddings' initial values (see :meth:`initial_embedding`)."""
+        self._initial_embs: dict[tuple[int, torch.device], Tensor] = {}
+        self._eval_classes = 0
+        """One more than the largest class id evaluation has seen (class scenario widths)."""
+        self._task_experience: dict[int, int] = {}
+        """The experience that first trained each task (to warn when another brings it again)."""
+        self._warned: set[int] = set()
         self.stat_names = _running_stat_names(target) if task_stats else ()
         """Target buffers kept per task (batch-norm running statistics)."""
         self.task_stats = nn.ModuleDict()
@@ -123,46 +155,63 @@ class HyperCLModel(MultiTaskModule):
         return [int(k) for k in self.task_embs.keys()]
 
     def add_task(self, task: int) -> None:
-        """Create the embedding of ``task`` (N(0, 1), as in the paper) if it is new."""
+        """Create the embedding of ``task`` (its :meth:`initial_embedding`) if it is new."""
         if str(task) in self.task_embs:
             return
-        ref = self.hnet.chunk_embs
-        emb = torch.randn(self.hnet.config.task_emb_dim, device=ref.device, dtype=ref.dtype)
-        self.task_embs[str(task)] = nn.Parameter(emb)
+        self.task_embs[str(task)] = nn.Parameter(self.initial_embedding(task).clone())
         if self.stat_names:
             buffers = dict(self.target.named_buffers())
             self.task_stats[str(task)] = _Buffers({n: buffers[n].clone() for n in self.stat_names})
 
-    def stats(self, task: int) -> dict[str, Tensor]:
+    def initial_embedding(self, task: int) -> Tensor:
+        """The value ``task``'s embedding starts training from: N(0, 1) (as in the paper), drawn
+        from a generator seeded by ``emb_seed`` and ``task``, so the same on every device and
+        whenever it is asked for. Untrained tasks are evaluated with it."""
+        ref = self.hnet.chunk_embs
+        key = (int(task), ref.device)
+        if key not in self._initial_embs:
+            g = torch.Generator().manual_seed(_mix(self.emb_seed, int(task)))
+            emb = torch.randn(self.hnet.config.task_emb_dim, generator=g)
+            self._initial_embs[key] = emb.to(device=ref.device, dtype=ref.dtype)
+        return self._initial_embs[key]
+
+    def stats(self, task: int, *, untrained: bool = False) -> dict[str, Tensor]:
         """The running statistics ``task``'s forward passes use, keyed by buffer name (empty
-        without ``task_stats`` or normalisation layers)."""
+        without ``task_stats`` or normalisation layers). ``untrained``: a task never trained
+        gets the target's own (initial) statistics instead of an error."""
         if not self.stat_names:
             return {}
         if str(task) not in self.task_stats:
+            if untrained:
+                buffers = dict(self.target.named_buffers())
+                return {n: buffers[n] for n in self.stat_names}
             self.embeddings([task])  # raises the message for a task that was never trained
         return self.task_stats[str(task)].as_dict()
 
-    def functional_params(self, task: int, flat: Tensor | None = None) -> dict[str, Tensor]:
+    def functional_params(self, task: int, flat: Tensor | None = None, *, untrained: bool = False) -> dict[str, Tensor]:
         """What ``functional_call(self.target, ...)`` needs to run ``task``: its generated
         weights (from ``flat``, else a fresh hypernetwork pass) and its running statistics."""
         weights = self.generate(task) if flat is None else self.layout.unflatten(flat)
-        return weights | self.stats(task)
+        return weights | self.stats(task, untrained=untrained)
 
-    def embeddings(self, tasks: Sequence[int]) -> Tensor:
-        """Stacked embeddings ``(len(tasks), task_emb_dim)``.
+    def embeddings(self, tasks: Sequence[int], *, untrained: bool = False) -> Tensor:
+        """Stacked embeddings ``(len(tasks), task_emb_dim)``. ``untrained``: a task never
+        trained gets its :meth:`initial_embedding` (a constant) instead of an error.
 
         Raises:
-            ValueError: a task has no embedding, i.e. was never trained.
+            ValueError: a task has no embedding, i.e. was never trained (without ``untrained``).
         """
         missing = sorted({t for t in tasks if str(t) not in self.task_embs})
-        if missing:
+        if missing and not untrained:
             raise ValueError(
                 f"No task embedding for task label(s) {missing}: this model has been trained "
-                f"on task labels {self.tasks} only, and an untrained embedding would give "
-                "arbitrary weights. Evaluate only experiences whose task was trained, e.g. "
-                "strategy.eval(benchmark.test_stream[: i + 1]) after training experience i."
+                f"on task labels {self.tasks} only. In evaluation mode (model.eval(), as in "
+                "strategy.eval) an untrained task runs the network its training will start "
+                "from; in training mode only trained tasks exist."
             )
-        return torch.stack([self.task_embs[str(t)] for t in tasks])
+        return torch.stack([
+            self.task_embs[str(t)] if str(t) in self.task_embs else self.initial_embedding(t) for t in tasks
+        ])  # fmt: skip
 
     def generate(self, task: int) -> dict[str, Tensor]:
         """The target's weights for ``task``, keyed by the target's parameter names."""
@@ -178,13 +227,89 @@ class HyperCLModel(MultiTaskModule):
         """Hypernetwork parameters (embeddings included) / generated target parameters."""
         return self.hnet_param_count() / self.layout.n_weights
 
+    # ------------------------------------------------------------ state dict
+    def describe(self) -> dict[str, Any]:
+        """What a state dict must have been saved from to load into this model: the target's
+        parameters and buffers (names, shapes), what is generated, the hypernetwork's
+        configuration and the scenario."""
+        cfg = self.hnet.config
+        return {
+            "target": {n: list(t.shape) for n, t in (*self.target.named_parameters(), *self.target.named_buffers())},
+            "generate": list(self.layout.names),
+            "hnet": {
+                "hidden": list(cfg.hidden), "activation": cfg.activation.__name__, "chunk_size": self.hnet.chunk_size,
+                "task_emb_dim": cfg.task_emb_dim, "chunk_emb_dim": cfg.chunk_emb_dim, "init": cfg.init,
+            },  # fmt: skip
+            "scenario": self.scenario,
+            "inference": [m.name for m in self.inference],
+            "task_stats": list(self.stat_names),
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "model": self.describe(),
+            "emb_seed": self.emb_seed,
+            "task_classes": {str(t): sorted(c) for t, c in self._task_classes.items()},
+            "task_experience": {str(t): e for t, e in self._task_experience.items()},
+            "known_train_tasks_labels": sorted(self.known_train_tasks_labels),
+            "max_class_label": self.max_class_label,
+            "active_task": self.active_task,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.emb_seed = int(state["emb_seed"])
+        self._initial_embs.clear()
+        self._task_classes = {int(t): frozenset(cs) for t, cs in state["task_classes"].items()}
+        self._task_experience = {int(t): e for t, e in state["task_experience"].items()}
+        self.known_train_tasks_labels = set(state["known_train_tasks_labels"])
+        self.max_class_label = int(state["max_class_label"])
+        self.active_task = state["active_task"]
+        self._mask_cache.clear()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # What is not a tensor (each task's classes, the embeddings' seed, what the model is),
+        # as JSON bytes in a tensor: every value of the state dict stays a tensor.
+        data = json.dumps(self._state()).encode()
+        destination[prefix + STATE_KEY] = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+        # Runs before the submodules load: check that the state fits, then make room for its
+        # tasks (embeddings, per-task statistics), which a freshly built model does not have.
+        raw = state_dict.get(prefix + STATE_KEY)
+        state = None if raw is None else json.loads(bytes(raw.cpu().numpy()).decode())
+        if state is not None:
+            _check_same_model(state["model"], self.describe())
+        emb_prefix, stats_prefix = prefix + "task_embs.", prefix + "task_stats."
+        for key, value in state_dict.items():
+            if key.startswith(emb_prefix) and key[len(emb_prefix):] not in self.task_embs:
+                ref = self.hnet.chunk_embs
+                self.task_embs[key[len(emb_prefix):]] = nn.Parameter(
+                    torch.empty(value.shape, device=ref.device, dtype=ref.dtype), requires_grad=False
+                )
+            elif key.startswith(stats_prefix) and self.stat_names:
+                task = key[len(stats_prefix):].split(".")[0]
+                if task not in self.task_stats:
+                    buffers = dict(self.target.named_buffers())
+                    self.task_stats[task] = _Buffers({n: buffers[n].clone() for n in self.stat_names})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + STATE_KEY in unexpected_keys:
+            unexpected_keys.remove(prefix + STATE_KEY)
+        if state is not None:  # absent from state dicts saved before hypercl 0.2: derived from the data
+            self._set_state(state)
+
     # ------------------------------------------------------------ avalanche
     def adaptation(self, experience: CLExperience) -> None:
-        """Add embeddings for new task labels and record each task's classes (training only)."""
+        """Training: add embeddings for new task labels and record each task's classes.
+        Evaluation: only note the largest class id (the class scenario's output width)."""
         if not self.training:
+            classes = getattr(experience, "classes_in_this_experience", None)
+            if classes:
+                self._eval_classes = max(self._eval_classes, max(int(c) for c in classes) + 1)
             return
         if self.scenario != "task":
-            task = int(experience.current_experience)
+            task = _stream_index(experience)
             classes = frozenset(int(c) for c in experience.classes_in_this_experience)
             self.add_task(task)
             self._task_classes[task] = classes
@@ -192,9 +317,21 @@ class HyperCLModel(MultiTaskModule):
             self.max_class_label = max(self.max_class_label, max(classes) + 1)
             self._mask_cache.clear()
             return
-        if not hasattr(experience, "task_labels"):
-            raise ValueError(_NO_TASK_LABELS)
+        online = isinstance(experience, OnlineCLExperience)  # a task's data comes in many pieces
+        index = getattr(experience, "current_experience", None)
         for task, classes in _classes_per_task(experience).items():
+            first = self._task_experience.setdefault(task, index)
+            if first != index and not online and task not in self._warned:
+                self._warned.add(task)
+                warnings.warn(
+                    f"Experience {index} brings task label {task}, which experience {first} "
+                    "already trained: HyperCL goes on training that task's embedding, and no "
+                    "regulariser keeps what it learnt there. This is what a stream without task "
+                    "labels gives (every experience labelled 0). For such a stream use "
+                    "HyperCL(scenario='class') (new classes in each experience) or "
+                    "scenario='domain' (the same classes), which infer the task.",
+                    stacklevel=2,
+                )
             self.add_task(task)
             self._task_classes[task] = self._task_classes.get(task, frozenset()) | classes
             self.known_train_tasks_labels.add(task)
@@ -205,14 +342,16 @@ class HyperCLModel(MultiTaskModule):
         """Target outputs for a mini-batch whose samples may belong to different tasks.
 
         The weights of all tasks in the batch come from one hypernetwork pass. In the
-        domain and class scenarios ``task_labels`` is ignored (see ``scenario``).
+        domain and class scenarios ``task_labels`` is ignored (see ``scenario``). In
+        evaluation mode a task not trained yet runs the network its training starts from.
         """
         if self.scenario != "task":
             return self._forward_agnostic(x)
         if task_labels is None:
             raise ValueError(_NO_TASK_LABELS)
+        untrained = not self.training
         if isinstance(task_labels, int):
-            return self.run_weights(x, self.hnet(self.embeddings([task_labels]))[0], task_labels)
+            return self.run_weights(x, self.hnet(self.embeddings([task_labels], untrained=untrained))[0], task_labels)
         groups = task_groups(task_labels)
         if groups is None:  # not from a DeviceLoader: read the tasks off the labels (a device sync)
             tasks, inverse = torch.unique(task_labels, return_inverse=True)
@@ -220,7 +359,7 @@ class HyperCLModel(MultiTaskModule):
             sizes = torch.bincount(inverse, minlength=len(tasks))
             groups = TaskGroups(tuple(tasks.tolist()), tuple(sizes.tolist()), order, order.argsort())
         tasks = list(groups.tasks)
-        flat = self.hnet(self.embeddings(tasks))  # (U, P)
+        flat = self.hnet(self.embeddings(tasks, untrained=untrained))  # (U, P)
         if len(tasks) == 1:
             return self.run_weights(x, flat[0], tasks[0])
         parts = x[groups.order].split(groups.sizes)  # grouped by task, sizes known on the host
@@ -231,8 +370,8 @@ class HyperCLModel(MultiTaskModule):
         """The task(s) a training experience trains: its task labels, or in the domain and
         class scenarios its index in the stream."""
         if self.scenario != "task":
-            return {int(experience.current_experience)}
-        return {int(t) for t in experience.task_labels}
+            return {_stream_index(experience)}
+        return set(_classes_per_task(experience))
 
     def local_labels(self, task: int, y: Tensor) -> Tensor:
         """Class ids ``y`` of ``task`` as the positions of its outputs (identity unless "class")."""
@@ -262,20 +401,29 @@ class HyperCLModel(MultiTaskModule):
                 )
             logits = self.run_weights(x, self.hnet(self.embeddings([self.active_task]))[0], self.active_task)
             tasks = torch.full((len(x),), self.active_task, device=x.device)
+        elif not self.tasks:  # before the first experience: nothing to infer from
+            if self.scenario == "class":
+                width = max(self._eval_classes, 1)
+                return torch.full((len(x), width), -math.log(width), device=x.device, dtype=self.hnet.chunk_embs.dtype)
+            return self.run_weights(x, self.hnet(self.embeddings([0], untrained=True))[0], 0)
         else:
             tasks, logits = self.infer(x)
             self.last_inferred = tasks
         return logits if self.scenario == "domain" else self._class_outputs(logits, tasks)
 
     def _class_outputs(self, logits: Tensor, tasks: Tensor) -> Tensor:
-        """Task-local logits ``(B, C)`` placed at the global class ids of each sample's task."""
+        """Task-local logits ``(B, C)`` placed at the global class ids of each sample's task:
+        in training over the classes trained so far, in evaluation over those and every class
+        evaluation has seen (so that any evaluated label has a column)."""
         n = self.max_class_label
         idx = self._class_table(logits.shape[1], logits.device)[tasks]  # (B, C); n = no class
         if self.training:  # the task's own classes only: the same loss as task-incremental training
             return logits.new_full((len(logits), n + 1), self.mask_value).scatter(1, idx, logits)[:, :n]
+        width = max(n, self._eval_classes)
         eps = 1e-3
-        probs = (1 - eps) * logits.masked_fill(idx == n, float("-inf")).softmax(1) + eps / n
-        return logits.new_full((len(logits), n + 1), eps / n).scatter(1, idx, probs)[:, :n].log()
+        probs = (1 - eps) * logits.masked_fill(idx == n, float("-inf")).softmax(1) + eps / width
+        idx = idx.masked_fill(idx == n, width)
+        return logits.new_full((len(logits), width + 1), eps / width).scatter(1, idx, probs)[:, :width].log()
 
     def _class_table(self, n_out: int, device: torch.device) -> Tensor:
         """``table[t, k]``: the global class of task ``t``'s ``k``-th output (``max_class_label``
@@ -301,7 +449,7 @@ class HyperCLModel(MultiTaskModule):
     def run_weights(self, x: Tensor, flat: Tensor, task: int) -> Tensor:
         """Target outputs for ``x`` with the flat weights ``flat`` (a row of ``self.hnet(...)``,
         from any embedding), task ``task``'s running statistics and its class mask."""
-        out = functional_call(self.target, self.functional_params(task, flat), (x,))
+        out = functional_call(self.target, self.functional_params(task, flat, untrained=not self.training), (x,))
         classes = self._task_classes.get(task)
         if out.dim() == 2 and classes and self.scenario == "task":
             if max(classes) >= out.shape[1]:
@@ -324,10 +472,50 @@ class HyperCLModel(MultiTaskModule):
 
 
 _NO_TASK_LABELS = (
-    "HyperCL generates weights per task and needs the task label of every sample. "
-    "Use a benchmark with task labels (e.g. SplitMNIST(..., return_task_id=True)), "
-    "or call model(x, task_labels)."
+    "HyperCL (scenario='task') generates weights per task and needs the task label of every "
+    "sample. Use a benchmark with task labels (e.g. SplitMNIST(..., return_task_id=True)), or "
+    "call model(x, task_labels). For a stream without task labels, build HyperCL with "
+    "scenario='class' (each experience brings new classes) or scenario='domain' (the same "
+    "classes), which infer the task of every input."
 )
+
+#: The state-dict key of what a HyperCLModel keeps besides tensors (JSON bytes), and its version.
+STATE_KEY = "hypercl_state"
+STATE_VERSION = 1
+
+
+def _mix(seed: int, task: int) -> int:
+    """A 63-bit generator seed from the model's seed and a task label (splitmix64)."""
+    z = (seed + 0x9E3779B97F4A7C15 * (task + 1)) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 1
+
+
+def _check_same_model(saved: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Raise one message naming every difference between two :meth:`HyperCLModel.describe`."""
+    diffs = []
+    for key in sorted(set(saved) | set(mine)):
+        a, b = saved.get(key), mine.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in [*a, *(k for k in b if k not in a)]:
+                if a.get(k) != b.get(k):
+                    diffs.append(f"{key}.{k}: saved {_show(a.get(k))}, this model {_show(b.get(k))}")
+        else:
+            diffs.append(f"{key}: saved {_show(a)}, this model {_show(b)}")
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ValueError(
+            f"This state dict was saved from a HyperCLModel built differently: {shown}. Build the "
+            "model with the same target, generate=, HyperNetConfig, scenario and inference as "
+            "the one that saved it, then load it."
+        )
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is None else repr(value)
 
 
 class _Buffers(nn.Module):
@@ -352,8 +540,19 @@ def _running_stat_names(target: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _task_labels(experience: CLExperience) -> list[int]:
+    """The experience's task labels, or its data's (online sub-experiences hide theirs)."""
+    labels = getattr(experience, "task_labels", None)
+    if labels is None:
+        try:
+            labels = experience.dataset.targets_task_labels
+        except AttributeError:
+            raise ValueError(_NO_TASK_LABELS) from None
+    return list(dict.fromkeys(int(t) for t in labels))
+
+
 def _classes_per_task(experience: CLExperience) -> dict[int, frozenset[int]]:
-    task_labels = list(dict.fromkeys(int(t) for t in experience.task_labels))
+    task_labels = _task_labels(experience)
     if len(task_labels) == 1 and hasattr(experience, "classes_in_this_experience"):
         return {task_labels[0]: frozenset(int(c) for c in experience.classes_in_this_experience)}
     data = experience.dataset
@@ -361,3 +560,17 @@ def _classes_per_task(experience: CLExperience) -> dict[int, frozenset[int]]:
     for t, y in zip(data.targets_task_labels, data.targets):
         out.setdefault(int(t), set()).add(int(y))
     return {t: frozenset(c) for t, c in out.items()}
+
+
+def _stream_index(experience: CLExperience) -> int:
+    """The task a domain/class experience trains: its index in the stream (for an online
+    sub-experience, the index of the experience it was split from)."""
+    if isinstance(experience, OnlineCLExperience):
+        if not experience.access_task_boundaries:
+            raise ValueError(
+                "HyperCL's domain and class scenarios learn one task per experience and need to "
+                "know where an online stream's experiences begin and end: build it with "
+                "split_online_stream(..., access_task_boundaries=True)."
+            )
+        experience = experience.origin_experience
+    return int(experience.current_experience)

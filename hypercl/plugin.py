@@ -112,6 +112,11 @@ class HyperCLPlugin(SupervisedPlugin):
         current = model.tasks_of(strategy.experience)
         for key, emb in model.task_embs.items():
             emb.requires_grad_(int(key) in current)
+        if any(t not in current and t not in self.targets.tasks for t in model.tasks):
+            # Trained tasks without targets: the model's state was loaded (load_state_dict) into
+            # a fresh strategy. Its hypernetwork is as the last experience left it, which is what
+            # the targets are taken from after every experience.
+            self.targets.snapshot(model)
         self.earlier_tasks = [t for t in self.targets.tasks if t not in current]
         self._earlier_cache = None
         self.last_reg = None

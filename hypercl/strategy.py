@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 from avalanche.core import BasePlugin
+from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
@@ -20,6 +21,7 @@ from hypercl.layout import Selection
 from hypercl.model import HyperCLModel
 from hypercl.plugin import HyperCLPlugin
 from hypercl.regularizer import TARGETS, FactoredTargets
+from hypercl.rng import EvalKeepsRandomState
 from hypercl.speedups import FlushDenormals, adam
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -31,7 +33,10 @@ class HyperCL(SupervisedTemplate):
     Takes an ordinary target network, builds a :class:`~hypercl.model.HyperCLModel`
     around it and trains it with a :class:`~hypercl.plugin.HyperCLPlugin`. Everything
     else is Avalanche's ``SupervisedTemplate``: benchmarks with task labels, metrics,
-    loggers and plugins work unchanged.
+    loggers and plugins work unchanged. Evaluation leaves the random state alone
+    (:class:`~hypercl.rng.EvalKeepsRandomState`), so how often a run evaluates, and on which
+    experiences (untrained ones included, see :class:`~hypercl.model.HyperCLModel`), never
+    changes what it trains.
 
     Args:
         target: the network whose weights the hypernetwork generates.
@@ -124,13 +129,23 @@ class HyperCL(SupervisedTemplate):
             eval_mb_size=eval_mb_size,
             device=device if device is not None else "cpu",
             plugins=[
-                self.hypercl, StopOnNonFiniteLoss(), *([FlushDenormals()] if flush_denormal else []), *(plugins or [])
+                self.hypercl,
+                StopOnNonFiniteLoss(),
+                EvalKeepsRandomState(),
+                *([FlushDenormals()] if flush_denormal else []), *(plugins or [])
             ],
             evaluator=evaluator,
             eval_every=eval_every,
             peval_mode=peval_mode,
             **base_kwargs,
         )
+
+    def forward(self):
+        # Avalanche passes task labels only for experiences that declare them; an online
+        # stream's sub-experiences do not, but their mini-batches carry the labels.
+        if self.model.scenario == "task" and not hasattr(self.experience, "task_labels") and len(self.mbatch) >= 3:
+            return avalanche_forward(self.model, self.mb_x, self.mb_task_id)
+        return super().forward()
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs) -> None:
         super().make_optimizer(

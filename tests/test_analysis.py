@@ -19,8 +19,10 @@ from hypercl.analysis import (
 def trained():
     torch.manual_seed(0)
     bm = conflicting_stream(n_tasks=3)
+    # beta 0.1 over 30 epochs keeps all three conflicting tasks on each of seeds 0-7 (beta 0.05
+    # over 15 epochs lost one task to the next on 3 of 8 seeds: the tiny hypernetwork is tight)
     strategy = HyperCL(target=MLP(16, (32,), 4), hnet=HyperNetConfig(hidden=(16,), chunk_size=100, task_emb_dim=8,
-                       chunk_emb_dim=8), lr=5e-3, beta=0.05, train_mb_size=32, train_epochs=15, evaluator=evaluator())  # fmt: skip
+                       chunk_emb_dim=8), lr=5e-3, beta=0.1, train_mb_size=32, train_epochs=30, evaluator=evaluator())  # fmt: skip
     strategy.train(bm.train_stream)
     data = {t: experience_tensors(bm.test_stream[t]) for t in range(3)}
     return strategy.model.eval(), data

@@ -116,13 +116,22 @@ def test_mixed_task_eval_batches_equal_per_task_results():
             torch.testing.assert_close(out[labels == t], model(x[labels == t], t))
 
 
-def test_a_task_never_trained_is_a_clear_error():
+def test_an_untrained_task_evaluates_with_its_initial_network_and_cannot_train_by_accident():
     bm = conflicting_stream(n_tasks=3)
     strategy = small_hypercl(plugins=[StepBudget(2)])
     strategy.train(bm.train_stream[0])
+    res = strategy.eval(bm.test_stream)
+    assert 0 <= res["Top1_Acc_Stream/eval_phase/test_stream/Task002"] <= 1
+    model = strategy.model.eval()
+    assert model.tasks == [0]  # evaluation created nothing
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = model.run_weights(x, model.hnet(model.initial_embedding(2)[None])[0], 2)
+        torch.testing.assert_close(model(x, torch.full((5,), 2)), expected)
+    model.train()
     with pytest.raises(ValueError, match=r"No task embedding for task label\(s\) \[1\].*trained on task labels \[0\]"):
-        strategy.eval(bm.test_stream)
-    with pytest.raises(ValueError, match="needs the task label of every sample"):
+        model(x, torch.ones(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="needs the task label of every sample.*scenario='class'"):
         strategy.model(torch.randn(2, 16))
 
 
@@ -178,4 +187,5 @@ def test_a_non_finite_loss_stops_training_before_the_update_and_says_where():
                        r"iteration 4 overall.*last finite step.*Lower the learning rate"):  # fmt: skip
         strategy.train(poisoned.train_stream[0])
     after = strategy.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # task 0's weights untouched
+    # task 0's weights untouched (the model's other state now also knows task 1)
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "hypercl_state")
