@@ -317,3 +317,29 @@ def test_device_data_warns_once_per_reason_and_never_for_supported_data():
             strategy.train(exp)
         strategy.eval(stream.test_stream)
     assert strategy.clock.train_iterations == 6
+
+
+def test_mnist_is_gathered_in_batches_with_the_values_avalanches_samples_have(mnist, monkeypatch):
+    """Avalanche's MNIST through PixelsPermutation, Pad and Normalize (Permuted MNIST as the
+    runner builds it) is read and transformed in batches, not sample by sample (seconds per
+    benchmark), and gives bit for bit the inputs and labels of the dataset's own samples."""
+    from avalanche.benchmarks.classic import PermutedMNIST
+    from avalanche.benchmarks.datasets.external_datasets.mnist import TensorMNIST
+    from torchvision import transforms
+
+    pad = transforms.Compose([transforms.Pad(2), transforms.Normalize((0.1307,), (0.3081,))])
+    bm = PermutedMNIST(n_experiences=1, return_task_id=True, seed=0, train_transform=pad, eval_transform=pad,
+                       dataset_root=mnist)  # fmt: skip
+    data = bm.test_stream[0].dataset.eval()
+    reads = Counter()
+    read = TensorMNIST.__getitem__
+    monkeypatch.setattr(TensorMNIST, "__getitem__", lambda self, i: reads.update([i]) or read(self, i))
+    got = DataCache("cpu").tensors(data)
+    assert not isinstance(got, str), got
+    assert sum(reads.values()) < 20  # a few samples checked against the batches, not 10,000 read one by one
+    monkeypatch.undo()
+    picks = torch.randperm(len(data))[:300].tolist()
+    assert got.x.shape == (10000, 1, 32, 32) and got.transform == ()
+    assert torch.equal(got.x[picks], torch.stack([data[i][0] for i in picks]))
+    assert got.y.tolist() == [int(v) for v in data.targets]
+    assert got.t.tolist() == [int(v) for v in data.targets_task_labels] == [0] * 10000

@@ -25,10 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hypercl.data.transforms import apply, flatten, is_batchable, is_random, known_random
+from hypercl.data.transforms import apply, batch_form, flatten, is_batchable, is_random, known_random
 
 N_CHECKED = 4
 """Samples of each dataset compared with the dataset's own ``__getitem__``."""
+
+BATCH = 8192
+"""Samples transformed at once where a leaf's rows are read as a batch (bounds the memory)."""
 
 
 @dataclass
@@ -155,10 +158,33 @@ class DataCache:
         _, store, filled = self._done[key]
         todo = np.unique(b.rows[~filled[b.rows]])
         if len(todo):
-            xs = torch.stack([apply(b.transforms, b.leaf[int(i)][0]) for i in todo])
-            store[torch.as_tensor(todo, device=self.device)] = xs.to(self.device)
+            store[torch.as_tensor(todo, device=self.device)] = _samples(b, todo).to(self.device)
             filled[todo] = True
         return store[torch.as_tensor(b.rows, device=self.device)]
+
+
+def _samples(b: _Branch, rows: np.ndarray) -> Tensor:
+    """The leaf's samples at ``rows`` through the branch's transforms: in batches where the
+    leaf's rows can be read at once and every transform has a batch form, else one by one."""
+    read = _row_reader(b.leaf)
+    batched = [batch_form(t) for t in b.transforms]
+    if read is not None and all(f is not None for f in batched):
+        parts = np.split(rows, range(BATCH, len(rows), BATCH))
+        xs = torch.cat([apply(batched, read(torch.as_tensor(part))) for part in parts])
+        ends = (0, len(rows) - 1)  # the batch forms must give what the samples' own path gives
+        if all(torch.equal(xs[k], apply(b.transforms, b.leaf[int(rows[k])][0])) for k in ends):
+            return xs
+    return torch.stack([apply(b.transforms, b.leaf[int(i)][0]) for i in rows])
+
+
+def _row_reader(leaf) -> Callable[[Tensor], Tensor] | None:
+    """A batch form of ``leaf[i][0]`` for leaves known to compute it from a row of their data:
+    Avalanche's ``TensorMNIST`` (MNIST's uint8 pixels as floats in [0, 1], one channel; its
+    per-sample ``__getitem__`` makes gathering Split MNIST's 70,000 samples take seconds)."""
+    if type(leaf).__name__ == "TensorMNIST" and getattr(leaf, "transform", None) is None:
+        data = leaf.data  # (N, 28, 28) uint8
+        return lambda rows: data[rows].float().unsqueeze(1) / 255.0  # as TensorMNIST.__getitem__
+    return None
 
 
 def _random_transform(b: _Branch, leaf_transforms: list[Callable]) -> str | None:
@@ -249,7 +275,36 @@ def _ints(attribute) -> np.ndarray:
     data = getattr(attribute, "data", attribute)
     if isinstance(data, Tensor):
         return data.cpu().numpy().astype(np.int64)
+    values = _flat_ints(data)
+    if values is not None and len(values) == len(attribute):
+        return values
     return np.fromiter((int(v) for v in attribute), dtype=np.int64, count=len(attribute))
+
+
+def _flat_ints(node) -> np.ndarray | None:
+    """The values of an attribute's tree of Avalanche ``FlatData`` (subsets and concatenations
+    over attributes, lists, tensors and constants) at once, as :func:`_resolve` follows inputs; ``None``
+    for a leaf of another kind (then each value is read through the tree, slowly)."""
+    from avalanche.benchmarks.utils.data_attribute import DataAttribute
+    from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
+
+    if isinstance(node, DataAttribute):
+        return _flat_ints(node.data)
+    if isinstance(node, ConstantSequence):
+        return np.full(len(node), int(node._constant_value), dtype=np.int64)
+    if isinstance(node, Tensor):
+        return node.cpu().numpy().astype(np.int64).reshape(-1)
+    if isinstance(node, (list, tuple, np.ndarray)):
+        return np.asarray(node, dtype=np.int64).reshape(-1)
+    if not isinstance(node, FlatData):
+        return None
+    parts = [_flat_ints(d) for d in node._datasets]
+    if any(p is None for p in parts):
+        return None
+    values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if node._indices is not None:
+        values = values[np.fromiter(node._indices, dtype=np.int64, count=len(node._indices))]
+    return values
 
 
 def _check(dataset, out: Tensors) -> str | None:

@@ -87,6 +87,20 @@ def is_batchable(t: Callable) -> bool:
     return isinstance(t, Standardize) or (type(t).__name__ == "Normalize" and not getattr(t, "inplace", False))
 
 
+def batch_form(t: Callable) -> Callable | None:
+    """``t`` for a batch of samples (stacked on a new first dimension), each given exactly what
+    ``t`` gives it alone; ``None`` where that form is not known."""
+    if is_batchable(t):
+        return t
+    name = type(t).__name__
+    if name == "Pad" and getattr(t, "padding_mode", None) == "constant":
+        return t  # torchvision pads a tensor's last two dimensions, whatever comes before them
+    if name == "PixelsPermutation":  # Avalanche's: sample.view(-1)[permutation].view(sample.shape)
+        perm = torch.as_tensor(t.permutation)
+        return lambda x: x.flatten(1)[:, perm].view(x.shape)
+    return None
+
+
 def known_random(t: Callable) -> bool | None:
     """Whether ``t`` is random, judged by its class (torchvision's and Avalanche's transforms);
     ``None`` for a transform this module does not know."""
