@@ -27,3 +27,17 @@ def mnist():
         return mnist_root()
     except FileNotFoundError as err:
         pytest.skip(f"needs the MNIST files: {err}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance (2 CPUs) for the whole session, stopped at its end."""
+    import shutil
+
+    ray = pytest.importorskip("ray")
+    # Ray's socket paths must stay short: a temp folder of its own, directly in the temp dir.
+    tmp = tempfile.mkdtemp(prefix="ray-")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=tmp)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,9 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import avalanche
@@ -21,18 +24,18 @@ from tqdm import tqdm
 
 import hypercl
 from hypercl.augment import BatchAugment
-from hypercl.bench.datasets import BenchmarkInfo
+from hypercl.bench.datasets import BenchmarkInfo, build, info_of
 from hypercl.bench.presets import Preset
 from hypercl.bench.results import cl_metrics
 from hypercl.bench.strategies import make_strategy
 from hypercl.budget import StepBudget
-from hypercl.checkpoint import Checkpoint, restore
+from hypercl.checkpoint import Checkpoint, load_checkpoint, restore
 from hypercl.data import DeviceData
 from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.metrics import task_inference_metrics
 from hypercl.results import accuracy_matrix_row
 from hypercl.schedule import EpochSchedule
-from hypercl.speedups import FlushDenormals
+from hypercl.speedups import FlushDenormals, keep_freed_memory
 
 
 def silence_avalanche_notices() -> None:
@@ -122,13 +125,16 @@ def run_one(
     checkpoint: Path | None = None,
     every: int | None = None,
     resume: dict | None = None,
+    on_task_end: Callable[[int, list[list[float]]], None] | None = None,
 ) -> dict:
     """Train ``strategy_name`` on every task in order and return the run's record.
 
     After each task it is evaluated on the test experiences of every task so far.
     ``n_tasks`` stops after that many tasks (smoke runs). With ``checkpoint``, the run's
     whole state is saved there after each task is evaluated (and every ``every`` steps);
-    ``resume`` is such a checkpoint, loaded, to go on from.
+    ``resume`` is such a checkpoint, loaded, to go on from. ``on_task_end(tasks_done,
+    acc)`` is called after each task's evaluation and checkpoint, with the accuracy
+    matrix so far (a sweep's early stopping reads it).
     """
     RNGManager.set_random_seeds(seed)
     infers = strategy_name == "hypercl" and info.scenario != "task"
@@ -189,6 +195,8 @@ def run_one(
         if infers:
             task_acc.append(task_inference_row(metrics, seen) + [None] * (n_tasks - i - 1))
         saver.save(strategy)
+        if on_task_end is not None:
+            on_task_end(i + 1, acc)
     train_time = history["train_time_s"]
     steps = strategy.clock.train_iterations
     config = {
@@ -228,6 +236,73 @@ def run_one(
         "command": command,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (strategy, seed) run of a grid, as plain data: it travels to a Ray worker.
+
+    ``device`` ``None`` is the worker's own choice (its GPU if Ray gave it one, else the
+    CPU); ``checkpoint`` is where the run saves (and, with ``resume``, finds) its state.
+    """
+
+    benchmark: str
+    root: str
+    scenario: str
+    n_tasks: int
+    preset_name: str
+    settings: Preset
+    strategy: str
+    seed: int
+    command: str
+    checkpoint: str
+    resume: bool = False
+    every: int | None = None
+    device: str | None = None
+    validation: float = 0.0
+
+
+@lru_cache(maxsize=1)  # the runs of one seed in one process share it
+def benchmark_of(name: str, root: str, seed: int, scenario: str, n_tasks: int, validation: float):
+    return build(name, Path(root), seed, scenario=scenario, n_tasks=n_tasks, validation=validation)
+
+
+def execute(job: Job, notify: Callable[[dict], None] = lambda info: None, on_task_end=None) -> dict:
+    """Run ``job`` here and return its record; ``notify`` hears once it is set up.
+
+    The run resumes from ``job.checkpoint`` when ``job.resume`` and the file exists (the
+    caller checked that it belongs to this run, or removed it; a retried worker finds its
+    own there); otherwise a file there is replaced.
+    ``notify`` gets ``{"resumed": <where it resumes, or None>, "checkpoint": <path>}``.
+    """
+    silence_avalanche_notices()
+    keep_freed_memory()
+    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = info_of(job.benchmark, job.scenario)
+    benchmark = benchmark_of(job.benchmark, job.root, job.seed, info.scenario, job.n_tasks, job.validation)
+    path = Path(job.checkpoint)
+    resume = None
+    if job.resume and path.exists():
+        resume = load_checkpoint(path, map_location=device)
+    elif path.exists():
+        path.unlink()
+    notify({"resumed": where(resume["position"]) if resume else None, "checkpoint": str(path)})
+    try:
+        return run_one(
+            benchmark, info, job.preset_name, job.settings, job.strategy, job.seed,
+            device=device, command=job.command, n_tasks=job.n_tasks,
+            checkpoint=path, every=job.every, resume=resume, on_task_end=on_task_end,
+        )  # fmt: skip
+    finally:  # a worker that goes on to a next run (or a GPU shared with others) keeps no cache
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
+def where(position: dict) -> str:
+    """Where a checkpoint's ``position`` is, in words."""
+    if position["step"]:
+        return f"step {position['step']} of task {position['experience']}"
+    return f"{position['experience']} tasks done"
 
 
 def _report(strategy: str, seed: int):
