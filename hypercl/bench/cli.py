@@ -74,14 +74,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="steps per task instead of the preset's (smoke runs)")
     p.add_argument("--tasks", type=int, default=None, help="train only the first N tasks (smoke runs)")
     p.add_argument("--force", action="store_true",
-                   help="re-run (strategy, seed) pairs that already finished; start unfinished ones over")  # fmt: skip
+                   help="re-run (strategy, seed) pairs that already finished (also with other settings: "
+                   "their results are replaced); start unfinished ones over")  # fmt: skip
     p.add_argument("--resume", action="store_true",
                    help="continue unfinished runs from their checkpoints in <out>/checkpoints/")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS training steps (default: after every task only)")  # fmt: skip
     ray = p.add_argument_group("several runs at once, on Ray (pip install \"hypercl[ray]\"; see the README's \"Running many runs\")")
     ray.add_argument("--workers", type=int, default=None,
-                     help="runs at once, each in its own worker process on a local Ray instance started and "
+                     help="runs at once, in worker processes of a local Ray instance started and "
                      "stopped here (default 1: one after another in this process, without Ray); with "
                      "--address, default: as many as the cluster has room for")  # fmt: skip
     ray.add_argument("--address", default=None, metavar="auto|HOST:PORT",
