@@ -289,9 +289,10 @@ def _replaces(out: Path, name: str, seed: int, ours: dict) -> str | None:
               "scenario": record.get("scenario", "task"), "n_tasks": cfg.get("n_tasks"),
               "settings": cfg.get("preset_settings", {})}  # fmt: skip
     differs = _differs(name, ours, theirs)
+    why = f"{', '.join(differs)} differ" if differs else "its record is of an older format"
     return (
         f"{run_path(out, name, seed)} holds a finished run of {name} seed {seed} with other settings "
-        f"({', '.join(differs) or 'its record is of an older format'} differ), made by `{record['command']}`. "
+        f"({why}), made by `{record['command']}`. "
         "Write to another --out to keep both, or pass --force to replace it (--strategies limits "
         "--force to the runs it names)."
     )
