@@ -51,6 +51,7 @@ def test_a_sweep_writes_its_table_and_resumes_after_ctrl_c(ray_cluster, mnist, t
     assert "sweep: interrupted; finished trials are in" in err
     (first,) = runs.glob("*.json")
     kept = first.read_bytes()
+    assert (tmp_path / "sweep.md").read_text().count("| ewc |") == 1  # the table as it stood
 
     # The same command goes on: the interrupted trial resumes from its checkpoint; one more
     # trial (--trials 3) then starts, with the two finished ones told to Optuna's sampler.

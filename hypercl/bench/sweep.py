@@ -187,6 +187,8 @@ def _writer(sweep: Sweep, say):
                     f"tasks (validation {100 * (result.get('val_acc') or 0):.2f} % so far)")  # fmt: skip
             write_json(path, record)
             Path(sweep.job(overrides, trial.trial_id).checkpoint).unlink(missing_ok=True)
+            out = Path(sweep.out)  # the table as it stands: a sweep cut short still has one
+            atomic_write(out / "sweep.md", table(out, sweep.benchmark, sweep.preset_name, preset(sweep.benchmark, sweep.preset_name)))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             overrides = _overrides(sweep, trial.config)
