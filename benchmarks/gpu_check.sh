@@ -5,7 +5,7 @@
 #   here, once:  make gpu-data     # = bash benchmarks/gpu_check.sh prepare DATA_ROOT; fills .device-data/
 #   there:       run(command="bash benchmarks/gpu_check.sh", carry=[".device-data"], timeout_s=600)
 #
-# What that machine has (/work/.library/device/KINDS.md and H200.md, read 2026-12-02; the versions
+# What that machine has (the device tool's notes on its kinds and the H200, read 2026-12-02; the versions
 # are other sessions' readings, not ours): one H200, x86-64, root, and no network at all, so no
 # pip install from a registry. `python3` is Python 3.12 with torch 2.11 (CUDA 13), torchvision,
 # numpy, scipy, matplotlib, scikit-learn, tqdm, tensorboard, torchmetrics and pytest. It lacks
