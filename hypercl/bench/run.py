@@ -307,9 +307,8 @@ def where(position: dict) -> str:
 
 def _report(strategy: str, seed: int):
     def report(position: dict) -> None:
-        where = f"step {position['step']} of task {position['experience']}" if position["step"] else \
-            f"after task {position['experience'] - 1}"  # fmt: skip
-        print(f"  checkpoint {strategy} seed {seed}: {where}", file=sys.stderr, flush=True)
+        at = where(position) if position["step"] else f"after task {position['experience'] - 1}"
+        print(f"  checkpoint {strategy} seed {seed}: {at}", file=sys.stderr, flush=True)
 
     return report
 

@@ -148,7 +148,7 @@ def trial(config: dict, sweep: Sweep) -> None:
     trial_id = tune.get_context().get_trial_id()
     log_to(Path(sweep.out) / "logs" / f"{sweep.strategy}-{trial_id}.log")
     torch.set_num_threads(sweep.threads)
-    overrides = {k: config[k] for k in SPACES[sweep.strategy]}
+    overrides = _overrides(sweep, config)
     print(f"== trial {trial_id}: {sweep.strategy} {tag_of(overrides)}", flush=True)
 
     def after_task(done: int, acc: list[list[float]]) -> None:
@@ -200,7 +200,7 @@ def _writer(sweep: Sweep, say):
 
         def on_experiment_end(self, trials, **info):
             # Interrupted (Ctrl-C): trials are left that neither finished nor failed (no record).
-            written = {r.get("trial_id") for r in recorded(Path(sweep.out), sweep.strategy, sweep.n_tasks)}
+            written = {r.get("trial_id") for r in recorded(sweep)}
             _UNFINISHED[sweep.strategy] = [t.trial_id for t in trials if t.trial_id not in written]
 
     return Writer()
@@ -237,10 +237,18 @@ def load_trial(path: Path) -> dict | None:
     return data if ok else None
 
 
-def recorded(out: Path, strategy: str, n_tasks: int) -> list[dict]:
-    """The trials of ``strategy`` in ``out/runs`` (finished, stopped or failed) over ``n_tasks`` tasks."""
-    runs = [load_trial(p) for p in sorted((out / "runs").glob(f"{strategy}[[]*].json"))]
-    return [r for r in runs if r and r["config"].get("n_tasks") == n_tasks]
+def recorded(sweep: Sweep) -> list[dict]:
+    """The trials of this sweep's strategy in its ``runs`` (finished, stopped or failed) that ran
+    under its budget: its preset and tasks, with their own options on top."""
+    runs = [load_trial(p) for p in sorted((Path(sweep.out) / "runs").glob(f"{sweep.strategy}[[]*].json"))]
+    name = sweep.strategy
+
+    def same_budget(r: dict) -> bool:
+        ran = settings_of(name, r["config"].get("preset_settings", {}))
+        return r["config"].get("n_tasks") == sweep.n_tasks and r.get("preset") == sweep.preset_name and \
+            ran == settings_of(name, with_overrides(sweep.base, r["overrides"]).to_dict())  # fmt: skip
+
+    return [r for r in runs if r and same_budget(r)]
 
 
 def tune_strategy(sweep: Sweep, trials: int, resources: Resources, grace: int, seed: int, say) -> None:
@@ -258,7 +266,7 @@ def tune_strategy(sweep: Sweep, trials: int, resources: Resources, grace: int, s
     if tune.Tuner.can_restore(path):  # an interrupted sweep: its trials go on where they were
         say(f"{sweep.strategy}: resuming the sweep in {path}")
         _fit(tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True), sweep)
-    done = recorded(Path(sweep.out), sweep.strategy, sweep.n_tasks)
+    done = recorded(sweep)
     remaining = trials - len(done)
     if remaining <= 0:
         say(f"{sweep.strategy}: {len(done)} trials recorded, none to run")
