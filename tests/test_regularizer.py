@@ -82,9 +82,10 @@ def test_factored_targets_direct_and_gram_forms_agree_with_the_reference(init):
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0)
         for a, b in zip(torch.autograd.grad(fast, theta), g_slow):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    # The cost model: the direct form for few tasks, the Gram form from K k >= GRAM_COST (H+1) on.
-    n_chunks, h1 = model.hnet.n_chunks, 12 + 1
-    border = FactoredTargets.GRAM_COST * h1 / n_chunks
+    # The cost model: the direct form for few tasks, the Gram form from
+    # k K C >= GRAM_COST (C (H+1) + K (H+1)^2) on.
+    n_chunks, h1, c = model.hnet.n_chunks, 12 + 1, 100
+    border = FactoredTargets.GRAM_COST * (c * h1 + n_chunks * h1 * h1) / (n_chunks * c)
     assert targets.uses_direct(1) and not targets.uses_direct(int(border) + 1)
     assert all(targets.uses_direct(k) == (k < border) for k in range(1, 40))
     with pytest.raises(ValueError, match="form must be 'direct', 'factored' or None"):
