@@ -38,7 +38,10 @@ class HyperCLModel(MultiTaskModule):
     brings a new task label. Its initial value, N(0, 1) as in the paper, is drawn from a
     generator seeded by the model's ``emb_seed`` (drawn from torch's global generator when
     the model is built) and the task label: it is the same whenever the task arrives, and
-    creating it leaves the global random state alone.
+    creating it leaves the global random state alone. With ``emb_init="previous"`` every
+    task after the first starts instead from the embedding the most recent task has when
+    the new one arrives (the authors' ``init_with_prev_emb``): training starts from the
+    weights of the last task and what they learnt carries over.
 
     **Untrained tasks.** In evaluation, a task that has not been trained yet runs the
     network that its training will start from: the weights generated from its initial
@@ -83,6 +86,8 @@ class HyperCLModel(MultiTaskModule):
             created fresh from the target's initial buffers when the task arrives, so
             evaluating an old task uses the statistics of its own data. ``False`` shares
             the target's buffers across tasks (they then follow the latest task).
+        emb_init: where a new task's embedding starts: ``"random"`` (N(0, 1), the paper's)
+            or ``"previous"`` (the most recent task's embedding; the first task's is random).
     """
 
     def __init__(
@@ -97,8 +102,12 @@ class HyperCLModel(MultiTaskModule):
         scenario: Literal["task", "domain", "class"] = "task",
         inference: str | TaskInference | Sequence[str | TaskInference] = "mahalanobis",
         task_stats: bool = True,
+        emb_init: Literal["random", "previous"] = "random",
     ) -> None:
         super().__init__()
+        if emb_init not in ("random", "previous"):
+            raise ValueError(f"emb_init must be 'random' or 'previous', got {emb_init!r}.")
+        self.emb_init = emb_init
         if not isinstance(target, nn.Module):
             raise TypeError(
                 f"target must be an nn.Module, the network whose weights are generated; got a "
@@ -166,7 +175,10 @@ class HyperCLModel(MultiTaskModule):
     def initial_embedding(self, task: int) -> Tensor:
         """The value ``task``'s embedding starts training from: N(0, 1) (as in the paper), drawn
         from a generator seeded by ``emb_seed`` and ``task``, so the same on every device and
-        whenever it is asked for. Untrained tasks are evaluated with it."""
+        whenever it is asked for; with ``emb_init="previous"``, once a task exists, the most
+        recent task's embedding as it is now. Untrained tasks are evaluated with it."""
+        if self.emb_init == "previous" and self.task_embs and str(task) not in self.task_embs:
+            return self.task_embs[str(self.tasks[-1])].detach()
         ref = self.hnet.chunk_embs
         key = (int(task), ref.device)
         if key not in self._initial_embs:

@@ -56,6 +56,11 @@ class HyperCL(SupervisedTemplate):
             :class:`HyperCLPlugin`).
         lookahead: evaluate the regulariser at the optimizer's candidate step.
         lr: learning rate of the default Adam.
+        emb_lr: learning rate of the task embeddings, in a parameter group of their own (each
+            new task's embedding joins it); ``None``: the optimizer's own, like every other
+            parameter. The rest keep the optimizer's groups and rates.
+        emb_init: where a new task's embedding starts, ``"random"`` or ``"previous"`` (see
+            :class:`~hypercl.model.HyperCLModel`).
         reset_optimizer_state: reset the optimizer's state (e.g. Adam's moments) at every
             experience, as the paper's code does.
         mask_unseen_classes: mask logits of classes a task never had in training.
@@ -84,6 +89,8 @@ class HyperCL(SupervisedTemplate):
         reg_targets: Literal["auto", "stored", "frozen", "factored"] = "auto",
         lookahead: bool = True,
         lr: float = 1e-3,
+        emb_lr: float | None = None,
+        emb_init: Literal["random", "previous"] = "random",
         reset_optimizer_state: bool = False,
         mask_unseen_classes: bool = True,
         scenario: Literal["task", "domain", "class"] = "task",
@@ -111,7 +118,11 @@ class HyperCL(SupervisedTemplate):
             scenario=scenario,
             inference=inference,
             task_stats=task_stats,
+            emb_init=emb_init,
         )
+        if emb_lr is not None and not emb_lr > 0:
+            raise ValueError(f"emb_lr must be a positive learning rate (or None for the optimizer's), got {emb_lr!r}.")
+        self.emb_lr = emb_lr
         if optimizer is None:
             optimizer = adam(model.parameters(), lr=lr)
         elif not isinstance(optimizer, Optimizer):
@@ -148,6 +159,25 @@ class HyperCL(SupervisedTemplate):
         return super().forward()
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs) -> None:
-        super().make_optimizer(
-            reset_optimizer_state=reset_optimizer_state or self.reset_optimizer_state, **kwargs
-        )
+        reset = reset_optimizer_state or self.reset_optimizer_state
+        if self.emb_lr is None:
+            super().make_optimizer(reset_optimizer_state=reset, **kwargs)
+        else:
+            _group_embeddings(self.optimizer, self.model, self.emb_lr, reset)
+
+
+def _group_embeddings(optimizer: Optimizer, model: HyperCLModel, emb_lr: float, reset: bool) -> None:
+    """Put the task embeddings in a last parameter group of their own at ``emb_lr`` and every
+    other new trainable parameter in the first group. Avalanche's own bookkeeping cannot:
+    it puts new parameters in the group of their neighbours, and the first embedding has none.
+    """
+    groups = optimizer.param_groups
+    if not groups[-1].get("task_embeddings"):
+        optimizer.add_param_group({"params": [], "lr": emb_lr, "task_embeddings": True})
+    held = {id(p) for g in groups for p in g["params"]}
+    embs = {id(p) for p in model.task_embs.values()}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in held:
+            groups[-1 if id(p) in embs else 0]["params"].append(p)
+    if reset:
+        optimizer.state.clear()

@@ -189,3 +189,69 @@ def test_a_non_finite_loss_stops_training_before_the_update_and_says_where():
     after = strategy.model.state_dict()
     # task 0's weights untouched (the model's other state now also knows task 1)
     assert all(torch.equal(before[k], after[k]) for k in before if k != "hypercl_state")
+
+
+def test_emb_lr_puts_every_task_embedding_in_its_own_group_at_its_rate():
+    def snapshot(strategy):
+        return {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+
+    before, after = Probe("before_training_iteration", snapshot), Probe("after_training_iteration", snapshot)
+    strategy = small_hypercl(lr=1e-3, emb_lr=0.05, beta=0.0, lookahead=False, plugins=[before, after, StepBudget(1)])
+    strategy.train(conflicting_stream(n_tasks=2).train_stream)
+    groups = strategy.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.05]
+    model = strategy.model
+    assert [id(p) for p in groups[1]["params"]] == [id(model.task_embs["0"]), id(model.task_embs["1"])]
+    trained = {id(p) for p in groups[0]["params"] if p.requires_grad}  # the target's own copies are frozen
+    assert trained == {id(p) for p in model.hnet.parameters()}
+    for exp in (0, 1):  # Adam's first step moves each parameter by its rate (times sign(grad))
+        step = {n: (after.seen[exp][0][n] - before.seen[exp][0][n]).abs() for n in before.seen[exp][0]}
+        emb = step[f"task_embs.{exp}"]
+        assert torch.allclose(emb[emb > 0], torch.tensor(0.05), rtol=1e-3) and (emb > 0).sum() >= 6
+        hnet = torch.cat([s.flatten() for n, s in step.items() if n.startswith("hnet.")])
+        assert hnet.max() <= 1e-3 * 1.001 and hnet.max() > 0.9e-3
+    with pytest.raises(ValueError, match="emb_lr must be a positive learning rate"):
+        small_hypercl(emb_lr=0.0)
+
+
+def test_emb_lr_optimizer_resumes_from_a_checkpoint_with_its_groups(tmp_path):
+    from hypercl.checkpoint import Checkpoint, load_checkpoint, restore
+
+    bm = conflicting_stream(n_tasks=2)
+    first = small_hypercl(emb_lr=0.02, plugins=[StepBudget(3), Checkpoint(tmp_path / "c.pt")])
+    first.train(bm.train_stream[0])
+    again = small_hypercl(emb_lr=0.02, plugins=[StepBudget(3)])
+    assert restore(again, load_checkpoint(tmp_path / "c.pt"), bm.train_stream) == 1
+    assert [g["lr"] for g in again.optimizer.param_groups] == [5e-3, 0.02]
+    saved, loaded = first.optimizer.state_dict()["state"], again.optimizer.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k]["exp_avg"], loaded[k]["exp_avg"]) for k in saved)
+    again.train(bm.train_stream[1])
+    assert len(again.optimizer.param_groups[1]["params"]) == 2
+
+
+@pytest.mark.parametrize("emb_init", ["random", "previous"])
+def test_a_new_task_embedding_starts_random_or_where_the_last_task_is(emb_init):
+    starts = Probe("before_training_exp", lambda s: s.model.task_embs[str(s.experience.task_label)].detach().clone())
+    strategy = small_hypercl(emb_init=emb_init, plugins=[starts, StepBudget(5)])
+    bm = conflicting_stream(n_tasks=3)
+    model = strategy.model
+    strategy.train(bm.train_stream[0])
+    trained0 = model.task_embs["0"].detach().clone()
+    assert torch.equal(starts.seen[0][0], model.initial_embedding(0) if emb_init == "random" else starts.seen[0][0])
+    untrained = model.embeddings([1], untrained=True)[0]  # what evaluating task 1 now runs
+    strategy.eval(bm.test_stream[:2])
+    assert model.tasks == [0]  # evaluating the untrained task created nothing
+    strategy.train(bm.train_stream[1])
+    start1 = starts.seen[1][0]
+    assert torch.equal(untrained, start1)  # an untrained task evaluates with where it will start
+    if emb_init == "previous":
+        assert torch.equal(start1, trained0)
+        assert torch.equal(model.initial_embedding(2), model.task_embs["1"].detach())
+    else:
+        assert (start1 - trained0).abs().max() > 0.1  # an N(0, 1) draw of its own
+        assert torch.equal(model.initial_embedding(2), model.initial_embedding(2)) and not torch.equal(
+            model.initial_embedding(2), model.task_embs["1"].detach())
+    assert model.task_embs["1"] is not model.task_embs["0"]
+    assert torch.equal(model.task_embs["0"].detach(), trained0)  # training task 1 left task 0's alone
+    with pytest.raises(ValueError, match="emb_init must be 'random' or 'previous'"):
+        small_hypercl(emb_init="last")

@@ -45,6 +45,8 @@ class Preset:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     lr_schedule: tuple[tuple[int, float], ...] = ()
     augment: bool = False
+    emb_lr: float | None = None  # HyperCL's task embeddings' learning rate (None: lr)
+    emb_init: str = "random"  # where HyperCL's new task embeddings start: random or previous
 
     def to_dict(self) -> dict:
         """The settings as they are stored in a run's JSON (lists, activation by name)."""
