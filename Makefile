@@ -16,7 +16,7 @@ VENV ?= .venv
 HYPERCL_DATA_ROOT ?= ../shared/data
 export HYPERCL_DATA_ROOT
 
-.PHONY: install test split-mnist split-cifar quickstart paper gpu-check gpu-data clean
+.PHONY: install test split-mnist split-cifar quickstart paper readme gpu-check gpu-data clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ quickstart: install
 paper: install
 	$(VENV)/bin/hypercl-bench split-mnist --preset paper --seeds 3 --resume
 	$(VENV)/bin/hypercl-bench pmnist-10 --preset paper --seeds 3 --resume --checkpoint-every 1000
+
+# The README's result tables, rewritten from results/*/summary.json (the tests check they agree).
+readme: install
+	$(VENV)/bin/python -m hypercl.bench.readme
 
 gpu-check: install
 	$(VENV)/bin/python benchmarks/gpu_check.py $(or $(OUT),results/gpu-check) --data-root $(HYPERCL_DATA_ROOT)

@@ -40,3 +40,32 @@ def test_readme_example_runs_and_prints_per_task_accuracies(tmp_path):
     assert len(accs) == 5
     assert min(map(float, accs)) > 0.97
     assert average > 0.985
+
+
+def test_every_results_table_in_the_readme_is_its_summary(capsys):
+    from hypercl.bench.readme import BLOCK, main
+
+    sources = [m["source"] for m in BLOCK.finditer((ROOT / "README.md").read_text())]
+    assert {"results/split-mnist/summary.json", "results/split-cifar100-cpu/summary.json"} <= set(sources)
+    assert main(["--check", "--readme", str(ROOT / "README.md"), "--root", str(ROOT)]) == 0, capsys.readouterr().err
+
+
+def test_a_stale_readme_table_is_named_and_rewritten(tmp_path, capsys):
+    import shutil
+
+    from hypercl.bench.readme import main, table_of
+
+    (tmp_path / "r").mkdir()
+    shutil.copy(ROOT / "results" / "split-mnist" / "summary.json", tmp_path / "r" / "summary.json")
+    fresh = table_of(__import__("json").loads((tmp_path / "r" / "summary.json").read_text()))
+    stale = fresh.replace("| hypercl | ", "| hypercl | 1", 1)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n<!-- results: r/summary.json -->\n{stale}<!-- /results -->\n\nafter\n")
+    argv = ["--readme", str(readme), "--root", str(tmp_path)]
+    assert main([*argv, "--check"]) == 1
+    assert "the table from r/summary.json differs" in capsys.readouterr().err
+    assert main(argv) == 0 and "1 table(s) rewritten" in capsys.readouterr().out
+    assert readme.read_text() == f"intro\n\n<!-- results: r/summary.json -->\n{fresh}<!-- /results -->\n\nafter\n"
+    assert main([*argv, "--check"]) == 0
+    (tmp_path / "r" / "summary.json").unlink()
+    assert main([*argv, "--check"]) == 2 and "cannot read its summary" in capsys.readouterr().err
