@@ -11,7 +11,11 @@ Steps, each a subprocess with its own timeout (together under ``--budget-s``), i
 - ``cuda-tests``: ``pytest -m cuda tests/test_cuda.py`` on the device (CPU and GPU agree on
   generated weights, regulariser and training steps; a deterministic run repeats bit for bit);
 - ``speed``: ``benchmarks/speed.py`` on the device, into ``OUT_DIR/speed/``;
-- ``bench``: ``hypercl-bench split-mnist --preset quick`` on the device, into ``OUT_DIR/bench/``.
+- ``bench``: ``hypercl-bench split-mnist --preset quick`` on the device, into ``OUT_DIR/bench/``;
+- ``cifar``: ``hypercl-bench split-cifar100 --preset paper-zenke --tasks 2``, all seven strategies
+  one after another on the device (the paper's ZenkeNet budget: 80 epochs of batch 256 per task),
+  into ``OUT_DIR/cifar/``. It needs ``cifar-100-python/`` under the data root; ``make gpu-data``
+  carries the first two tasks' classes (all their images) and one image of each other class.
 
 A step that fails or times out is reported and the others still run; the exit code is 1 if any
 failed. Without a CUDA GPU (and without ``--toy``) it says so in one line and exits 0.
@@ -41,7 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "speed.py"
 RESERVE_S = 20.0  # of the budget: this script's own start-up and reports
-SHARES = {"cuda-tests": 0.2, "speed": 0.4, "bench": 0.4}  # of the rest of the budget
+SHARES = {"cuda-tests": 0.15, "speed": 0.3, "bench": 0.15, "cifar": 0.4}  # of the rest of the budget
+CIFAR_TASKS = 2  # of Split CIFAR-100 in the check: what the device tool can carry (see gpu_check.sh)
 SPEED_IMPLS = ("target", "naive", "hypercl-loop", "hypercl", "hypercl+lookahead")
 
 
@@ -71,7 +76,24 @@ def plan(out: Path, device: str, *, toy: bool, data_root: str | None, budget_s: 
              "--seeds", "1", "--out", str(out / "bench")]  # fmt: skip
     bench += ["--data-root", data_root] if data_root else []
     bench += ["--steps", "5", "--tasks", "2", "--strategies", "hypercl,naive"] if toy else []
-    return [tests, speed_step(out, device, toy=toy, timeout_s=share["speed"]), Step("bench", bench, share["bench"])]
+    steps = [tests, speed_step(out, device, toy=toy, timeout_s=share["speed"]), Step("bench", bench, share["bench"])]
+    return [*steps, cifar_step(out, device, toy=toy, data_root=data_root, timeout_s=share["cifar"])]
+
+
+def cifar_step(out: Path, device: str, *, toy: bool, data_root: str | None, timeout_s: float) -> Step:
+    """Split CIFAR-100's first tasks at the ``paper-zenke`` budget, every strategy (toy: 2 steps of
+    HyperCL and Naive)."""
+    command = [sys.executable, "-m", "hypercl.bench", "split-cifar100", "--preset", "paper-zenke",
+               "--tasks", str(CIFAR_TASKS), "--device", device, "--out", str(out / "cifar")]  # fmt: skip
+    command += ["--data-root", data_root] if data_root else []
+    command += ["--steps", "2", "--strategies", "hypercl,naive"] if toy else []
+    root = data_root or os.environ.get("HYPERCL_DATA_ROOT")
+    problem = None
+    if not root or not (Path(root) / "cifar-100-python" / "train").is_file():
+        problem = (f"no cifar-100-python/ under the data root ({root or 'none given'}); "
+                   "make gpu-data puts the first tasks' images in .device-data/")  # fmt: skip
+    notes = [] if toy else [f"the first {CIFAR_TASKS} of Split CIFAR-100's 10 tasks: the device tool carries 64 MiB"]
+    return Step("cifar", command, timeout_s, notes=notes, problem=problem)
 
 
 def speed_step(out: Path, device: str, *, toy: bool, timeout_s: float) -> Step:
@@ -149,8 +171,8 @@ def read_speed(out: Path) -> dict:
     return {"rows": report["rows"], "ratios": report.get("ratios", {}), "speed_machine": report.get("machine")}
 
 
-def read_bench(out: Path) -> dict:
-    summary = _load(out / "bench" / "summary.json")
+def read_bench(out: Path, folder: str = "bench") -> dict:
+    summary = _load(out / folder / "summary.json")
     if summary is None:
         return {"problem": "hypercl-bench wrote no summary.json"}
     if "problem" in summary:
@@ -162,8 +184,8 @@ def read_bench(out: Path) -> dict:
     return {"strategies": strategies} if strategies else {"problem": "summary.json has no strategies"}
 
 
-READERS = {"cuda-tests": read_tests, "speed": read_speed, "bench": read_bench}
-OUTPUTS = {"cuda-tests": "cuda-tests.xml", "speed": "speed", "bench": "bench"}  # made afresh by each run
+READERS = {"cuda-tests": read_tests, "speed": read_speed, "bench": read_bench, "cifar": lambda out: read_bench(out, "cifar")}
+OUTPUTS = {"cuda-tests": "cuda-tests.xml", "speed": "speed", "bench": "bench", "cifar": "cifar"}  # made afresh by each run
 
 
 def _load(path: Path) -> dict | None:
@@ -225,8 +247,8 @@ def markdown(report: dict, out: Path) -> str:
         if s["name"] == "speed" and (out / "speed" / "speed.md").is_file():
             table = (out / "speed" / "speed.md").read_text()
             lines += ["", "## Speed (speed/speed.md)", "", re.sub(r"^#", "###", table, flags=re.M).rstrip()]
-        if s["name"] == "bench" and "strategies" in s:
-            lines += ["", "## Benchmark (bench/summary.json)", "", "| strategy | final acc % | ms/step |",
+        if s["name"] in ("bench", "cifar") and "strategies" in s:
+            lines += ["", f"## Benchmark ({s['name']}/summary.json)", "", "| strategy | final acc % | ms/step |",
                       "|---|---|---|"]  # fmt: skip
             lines += [f"| {name} | {100 * r['final_avg_acc']:.2f} | {r['time_per_step_ms']:.1f} |"
                       for name, r in s["strategies"].items()]  # fmt: skip

@@ -16,7 +16,8 @@
 #   dozen packages of its own; Avalanche imports it at start-up but uses it only in its W&B
 #   logger and W&B confusion matrices, which hypercl never asks for): where the image has no
 #   wandb, an empty stand-in module of that name is made in /tmp there.
-# - MNIST travels gzipped (11 MB instead of 55: the tool carries 64 MiB in all, the repo included)
+# - MNIST travels gzipped (11 MB instead of 55: the tool carries 64 MiB in all, the repo included),
+#   and Split CIFAR-100's first two tasks as a 37 MB CIFAR-100 folder (gpu_check.py's cifar step)
 #   and is unpacked there into /tmp (not beside the .gz files: a rehearsal here must not grow
 #   .device-data past what the tool carries).
 # - hypercl runs from the source tree (PYTHONPATH), not pip-installed, on the image's own torch.
@@ -63,6 +64,39 @@ for name in names:
         shutil.copy2(dist.locate_file(f), dest / f)
     print(f"gpu_check.sh: {name} {dist.version}")
 EOF
+    # Split CIFAR-100's first tasks for the check's cifar step: every image of their classes, and
+    # one of each other class (the benchmark is built over all 100 classes; the check trains only
+    # the first tasks). 37 MB where the whole data set is 186.
+    rm -rf "$DEV/cifar-100-python"
+    "${VENV:-.venv}/bin/python" - "$root/cifar-100-python" "$DEV/cifar-100-python" 20 <<'EOF'
+"""Write a CIFAR-100 folder holding every image of the first N classes and one of each other."""
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+src, dest, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+dest.mkdir(parents=True)
+for name in ("train", "test"):
+    with open(src / name, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    labels = np.asarray(batch[b"fine_labels"])
+    keep = np.union1d(np.flatnonzero(labels < n), np.unique(labels, return_index=True)[1])
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value[keep]
+        elif isinstance(value, list):
+            out[key] = [value[i] for i in keep]
+        else:
+            out[key] = value
+    with open(dest / name, "wb") as f:
+        pickle.dump(out, f, protocol=4)
+    print(f"gpu_check.sh: cifar-100-python/{name}: {len(keep)} of {len(labels)} images")
+shutil.copy2(src / "meta", dest / "meta")
+EOF
     du -sh "$DEV"
     exit 0
 fi
@@ -78,6 +112,9 @@ mkdir -p "$tmp/data/MNIST/raw"
 for f in $MNIST; do
     gunzip -c "$DEV/MNIST/raw/$f.gz" >"$tmp/data/MNIST/raw/$f"
 done
+if [ -d "$DEV/cifar-100-python" ]; then
+    ln -s "$PWD/$DEV/cifar-100-python" "$tmp/data/cifar-100-python"
+fi
 if ! "$PY" -c "import wandb" 2>/dev/null; then
     mkdir -p "$tmp/stubs/wandb"
     echo '"""Stand-in: Avalanche imports wandb at start-up; hypercl never uses its W&B logger."""' \

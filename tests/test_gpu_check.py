@@ -23,8 +23,11 @@ def test_the_toy_check_runs_every_step_and_reports_their_numbers(mnist, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == ["cuda-tests", "speed", "bench"]
+    assert list(steps) == ["cuda-tests", "speed", "bench", "cifar"]
     assert report["passed"] and report["toy"] and report["machine"]["torch"] == torch.__version__
+    cifar = steps["cifar"]["strategies"]  # the data root holds CIFAR-100 (CI's and ours)
+    assert set(cifar) == {"hypercl", "naive"} and all(0 <= c["final_avg_acc"] <= 1 for c in cifar.values())
+    assert "## Benchmark (cifar/summary.json)" in (out / "report.md").read_text()
     for s in steps.values():
         assert (s["rc"], s["timed_out"]) == (0, False) and 0 < s["wall_s"] < s["timeout_s"]
         assert (out / s["log"]).read_text().startswith(f"$ {s['command']}")
@@ -83,8 +86,15 @@ def test_a_failing_stuck_or_unrunnable_step_is_reported_and_the_next_still_runs(
 def test_the_real_checks_timeouts_fit_its_budget(tmp_path):
     check = runpy.run_path(str(GPU_CHECK), run_name="gpu_check")
     steps = check["plan"](tmp_path, "cuda", toy=False, data_root="data", budget_s=480)
-    assert [s.name for s in steps] == ["cuda-tests", "speed", "bench"]
+    assert [s.name for s in steps] == ["cuda-tests", "speed", "bench", "cifar"]
     assert sum(s.timeout_s for s in steps) + check["RESERVE_S"] <= 480
+    cifar = steps[3]
+    assert cifar.command[cifar.command.index("--preset") + 1] == "paper-zenke" and "--steps" not in cifar.command
+    assert cifar.command[cifar.command.index("--tasks") + 1] == "2" and cifar.timeout_s >= 180
+    assert "no cifar-100-python/ under the data root (data)" in cifar.problem  # "data" holds nothing here
+    (tmp_path / "data" / "cifar-100-python").mkdir(parents=True)
+    (tmp_path / "data" / "cifar-100-python" / "train").write_bytes(b"")
+    assert check["plan"](tmp_path, "cuda", toy=False, data_root=str(tmp_path / "data"), budget_s=480)[3].problem is None
     speed, bench = steps[1].command, steps[2].command
     assert speed[speed.index("--configs") + 1] == "split-mnist,pmnist-10" and "--no-memory" in speed
     assert bench[bench.index("--device") + 1] == "cuda" and bench[bench.index("--data-root") + 1] == "data"
