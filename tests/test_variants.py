@@ -88,3 +88,17 @@ def test_split_cifar100_cpu_preset_runs_two_tasks_through_the_command_line(tmp_p
     assert record["preset"] == "cpu" and record["config"]["preset_settings"]["target"] == "zenkenet"
     assert len(record["acc"]) == 2 and all(0 <= a <= 1 for a in record["acc"][1])
     assert "| naive |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("benchmark", ["split-cifar100", "split-cifar10-100"])
+@pytest.mark.parametrize("name", ["paper", "paper-zenke", "cpu"])
+def test_replay_memory_is_the_hypernetworks_bytes_in_cifar_images(benchmark, name):
+    from hypercl.bench.datasets import info_of
+    from hypercl.bench.presets import REPLAY_IMAGE_BYTES, preset
+    from hypercl.bench.strategies import make_target
+    from hypercl.model import HyperCLModel
+
+    p, info = preset(benchmark, name), info_of(benchmark, "task")
+    model = HyperCLModel(make_target(info, p, info.classes_per_task), hnet=p.hnet)
+    floats = sum(t.numel() for t in model.hnet.parameters()) + info.n_tasks * p.hnet.task_emb_dim
+    assert p.replay_mem == floats * 4 // REPLAY_IMAGE_BYTES  # as many whole images as fit
