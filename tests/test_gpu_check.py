@@ -11,21 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def test_the_toy_check_runs_every_step_and_reports_their_numbers(mnist, tmp_path):
-    out = tmp_path / "check"
-    done = subprocess.run([sys.executable, str(GPU_CHECK), str(out), "--toy", "--data-root", str(mnist)],
+    out, data = tmp_path / "check", tmp_path / "data"
+    data.mkdir()
+    (data / "MNIST").symlink_to((mnist / "MNIST").resolve())
+    write_cifar(data, "cifar100", per_class=4)  # small CIFAR-100 files: the toy cifar step reads them
+    done = subprocess.run([sys.executable, str(GPU_CHECK), str(out), "--toy", "--data-root", str(data)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["cuda-tests", "speed", "bench", "cifar"]
     assert report["passed"] and report["toy"] and report["machine"]["torch"] == torch.__version__
-    cifar = steps["cifar"]["strategies"]  # the data root holds CIFAR-100 (CI's and ours)
+    cifar = steps["cifar"]["strategies"]
     assert set(cifar) == {"hypercl", "naive"} and all(0 <= c["final_avg_acc"] <= 1 for c in cifar.values())
     assert "## Benchmark (cifar/summary.json)" in (out / "report.md").read_text()
     for s in steps.values():
