@@ -102,3 +102,29 @@ def test_replay_memory_is_the_hypernetworks_bytes_in_cifar_images(benchmark, nam
     model = HyperCLModel(make_target(info, p, info.classes_per_task), hnet=p.hnet)
     floats = sum(t.numel() for t in model.hnet.parameters()) + info.n_tasks * p.hnet.task_emb_dim
     assert p.replay_mem == floats * 4 // REPLAY_IMAGE_BYTES  # as many whole images as fit
+
+
+def test_generate_and_freeze_shared_pick_what_the_hypernetwork_makes():
+    from dataclasses import replace
+
+    from hypercl.bench.datasets import info_of
+    from hypercl.bench.presets import preset
+    from hypercl.bench.strategies import make_strategy, settings_of
+    from hypercl.bench.variants import settings
+
+    info = info_of("split-cifar100", "task")
+    base = preset("split-cifar100", "cpu")
+    p = settings(base, parse_variant("convs: generate=['conv*','head.*'] freeze_shared=true", "hypercl"))
+    assert (p.generate, p.freeze_shared) == (("conv*", "head.*"), True)
+    model = make_strategy("hypercl", info, p).model
+    convs_and_head = ["conv1", "conv2", "conv3", "conv4", "head"]
+    assert model.layout.names == tuple(f"{m}.{w}" for m in convs_and_head for w in ("weight", "bias"))
+    target = model.target
+    assert model.layout.n_weights == sum(p.numel() for m in convs_and_head for p in getattr(target, m).parameters())
+    assert not any(p.requires_grad for p in target.fc.parameters())  # shared and frozen at its init
+    trained = make_strategy("hypercl", info, replace(p, freeze_shared=False)).model.target
+    assert all(p.requires_grad for p in trained.fc.parameters())
+    # Runs recorded before these options existed ran with every weight generated: still the same settings.
+    old = {k: v for k, v in base.to_dict().items() if k not in ("generate", "freeze_shared")}
+    assert settings_of("hypercl", old) == settings_of("hypercl", base.to_dict())
+    assert settings_of("hypercl", p.to_dict()) != settings_of("hypercl", base.to_dict())

@@ -47,6 +47,10 @@ class Preset:
     augment: bool = False
     emb_lr: float | None = None  # HyperCL's task embeddings' learning rate (None: lr)
     emb_init: str = "random"  # where HyperCL's new task embeddings start: random or previous
+    # Which target parameters HyperCL generates (fnmatch patterns of their names; None: all);
+    # the rest are shared by every task, trained, or frozen at their init with freeze_shared.
+    generate: tuple[str, ...] | None = None
+    freeze_shared: bool = False
 
     def to_dict(self) -> dict:
         """The settings as they are stored in a run's JSON (lists, activation by name)."""

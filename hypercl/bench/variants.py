@@ -45,7 +45,8 @@ class Variant:
 
 def parse_variant(text: str, default_strategy: str) -> Variant:
     """``"name: key=value key=value"``; values are JSON where they parse (``1e-3``, ``[50, 50]``,
-    ``true``), else strings (``previous``); ``strategy=`` picks another strategy."""
+    ``true``), lists of names without quotes (``[conv*,head.*]``), else strings (``previous``);
+    ``strategy=`` picks another strategy."""
     name, sep, rest = text.partition(":")
     name = name.strip()
     if not sep or not name or any(c in name for c in "/\\ "):
@@ -58,16 +59,23 @@ def parse_variant(text: str, default_strategy: str) -> Variant:
         key, eq, raw = item.partition("=")
         if not eq:
             raise ValueError(f"--variant {name}: {item!r} is not key=value.")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-        if isinstance(overrides[key], list):
-            overrides[key] = tuple(overrides[key])
+        overrides[key] = _value(raw)
     strategy = overrides.pop("strategy", default_strategy)
     if strategy not in STRATEGIES:
         raise ValueError(f"--variant {name}: unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}.")
     return Variant(name, strategy, overrides)
+
+
+def _value(raw: str):
+    """JSON where it parses; ``[a,b]`` without JSON's quotes is a tuple of such values (the
+    shell takes the quotes of ``generate=['conv*','head.*']``); else the string itself."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        if not (raw.startswith("[") and raw.endswith("]")):
+            return raw
+        value = [_value(item.strip()) for item in raw[1:-1].split(",") if item.strip()]
+    return tuple(value) if isinstance(value, list) else value
 
 
 def settings(base: Preset, v: Variant) -> Preset:
