@@ -70,6 +70,13 @@ def test_a_malformed_variant_is_one_clear_message(text, message):
         parse_variant(text, "hypercl")
 
 
+@pytest.mark.parametrize("flag", ["--tasks", "--seeds", "--checkpoint-every"])
+def test_a_count_below_one_is_one_clear_message(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["split-cifar100", "--out", str(tmp_path / "v"), "--variant", "base:", flag, "0"])
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_an_unknown_option_is_named(tmp_path, capsys):
     write_cifar(tmp_path, "cifar100", per_class=2)
     with pytest.raises(SystemExit):
@@ -128,3 +135,16 @@ def test_generate_and_freeze_shared_pick_what_the_hypernetwork_makes():
     old = {k: v for k, v in base.to_dict().items() if k not in ("generate", "freeze_shared")}
     assert settings_of("hypercl", old) == settings_of("hypercl", base.to_dict())
     assert settings_of("hypercl", p.to_dict()) != settings_of("hypercl", base.to_dict())
+
+
+def test_checkpoint_every_reaches_each_run(tmp_path, monkeypatch):
+    import hypercl.bench.variants as variants
+
+    write_cifar(tmp_path, "cifar100", per_class=2)
+    seen = {}
+    monkeypatch.setattr(variants, "run_grid", lambda execute, jobs, *a, **k: seen.update(jobs))
+    argv = ["split-cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "v"), "--seeds", "2",
+            "--variant", "base:", "--variant", "ref: strategy=naive", "--checkpoint-every", "50"]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(seen) == [("base", 0), ("base", 1), ("ref", 0), ("ref", 1)]
+    assert {(j.every, j.resume, j.checkpoint.endswith(f"{k[0]}-seed{k[1]}.pt")) for k, j in seen.items()} == {(50, True, True)}

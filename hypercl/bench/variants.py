@@ -153,12 +153,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus-per-run", type=float, default=None, help="CPUs each run holds on Ray (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each run")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, metavar="STEPS",
+        help="also save each run's state every STEPS steps, not only after each task; a stopped "
+        "command run again resumes its runs from there",
+    )  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    for flag in ("tasks", "seeds", "steps", "workers", "threads", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     name = args.preset or ("cpu" if "cifar" in args.benchmark else "quick")
     try:
         base = preset(args.benchmark, name)
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = out / "checkpoints" / f"{v.name}-seed{seed}.pt"
             jobs[v.name, seed] = Job(
                 args.benchmark, str(root), "task", n_tasks, name, presets[v.name], v.strategy, seed, command,
-                checkpoint=str(checkpoint), resume=True, validation=VALIDATION,
+                checkpoint=str(checkpoint), resume=True, every=args.checkpoint_every, validation=VALIDATION,
             )  # fmt: skip
     if clashes:
         p.error(
