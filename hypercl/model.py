@@ -66,6 +66,10 @@ class HyperCLModel(MultiTaskModule):
         generate: which target parameters to generate (see :data:`~hypercl.layout.Selection`);
             ``None`` generates all of them.
         freeze_shared: freeze the target parameters that are not generated.
+        freeze_shared_after: train the parameters that are not generated during the first
+            ``freeze_shared_after`` tasks only, then freeze them (e.g. ``1``: the first task
+            shapes them, later tasks use them as they are, so their change cannot make an
+            earlier task forget). ``None``: they stay trainable unless ``freeze_shared``.
         mask_unseen_classes: set the logits of classes a task never had in training to
             ``mask_value`` (multi-head behaviour, as Avalanche's ``MultiHeadClassifier``).
         mask_value: the value masked logits get.
@@ -97,6 +101,7 @@ class HyperCLModel(MultiTaskModule):
         hnet: HyperNetConfig | None = None,
         generate: Selection = None,
         freeze_shared: bool = False,
+        freeze_shared_after: int | None = None,
         mask_unseen_classes: bool = True,
         mask_value: float = -1000.0,
         scenario: Literal["task", "domain", "class"] = "task",
@@ -140,6 +145,21 @@ class HyperCLModel(MultiTaskModule):
         for name, p in params.items():
             if name in generated or freeze_shared:
                 p.requires_grad_(False)
+        if freeze_shared_after is not None:
+            count = isinstance(freeze_shared_after, int) and not isinstance(freeze_shared_after, bool)
+            if freeze_shared or not count or freeze_shared_after < 0:
+                raise ValueError(
+                    "freeze_shared_after must be a number of tasks (0 or more) with freeze_shared=False, "
+                    f"got freeze_shared_after={freeze_shared_after!r}, freeze_shared={freeze_shared!r}; "
+                    "freeze_shared=True freezes the shared parameters from the start."
+                )
+            if generated == set(params):
+                raise ValueError(
+                    "freeze_shared_after needs parameters that are not generated; this model generates "
+                    "all of them. Choose some with generate=."
+                )
+        self.freeze_shared_after = freeze_shared_after
+        self._shared = [name for name in params if name not in generated and not freeze_shared]
         self.task_embs = nn.ParameterDict()
         self.emb_seed = int(torch.randint(0, 2**62, ()).item())
         """Seeds the task embeddings' initial values (see :meth:`initial_embedding`)."""
@@ -328,6 +348,7 @@ class HyperCLModel(MultiTaskModule):
             self.active_task = task
             self.max_class_label = max(self.max_class_label, max(classes) + 1)
             self._mask_cache.clear()
+            self._freeze_shared_when_due()
             return
         online = isinstance(experience, OnlineCLExperience)  # a task's data comes in many pieces
         index = getattr(experience, "current_experience", None)
@@ -349,6 +370,14 @@ class HyperCLModel(MultiTaskModule):
             self.known_train_tasks_labels.add(task)
             self.max_class_label = max(self.max_class_label, max(classes) + 1)
         self._mask_cache.clear()
+        self._freeze_shared_when_due()
+
+    def _freeze_shared_when_due(self) -> None:
+        """Shared parameters train while the model has at most ``freeze_shared_after`` tasks."""
+        if self.freeze_shared_after is not None:
+            params = dict(self.target.named_parameters())
+            for name in self._shared:
+                params[name].requires_grad_(len(self.task_embs) <= self.freeze_shared_after)
 
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
         """Target outputs for a mini-batch whose samples may belong to different tasks.

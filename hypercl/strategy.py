@@ -49,6 +49,8 @@ class HyperCL(SupervisedTemplate):
         generate: which target parameters the hypernetwork generates; the others are
             ordinary shared parameters. ``None`` generates all of them.
         freeze_shared: freeze the parameters that are not generated.
+        freeze_shared_after: train them during the first this many tasks only, then freeze
+            them (see :class:`~hypercl.model.HyperCLModel`).
         beta: strength of the output regulariser.
         reg_tasks: regularise this many random earlier tasks per step (``None``: all).
         reg_targets: ``"auto"`` (``"factored"`` where the hypernetwork has a hidden layer,
@@ -84,6 +86,7 @@ class HyperCL(SupervisedTemplate):
         hnet: HyperNetConfig | None = None,
         generate: Selection = None,
         freeze_shared: bool = False,
+        freeze_shared_after: int | None = None,
         beta: float = 0.01,
         reg_tasks: int | None = None,
         reg_targets: Literal["auto", "stored", "frozen", "factored"] = "auto",
@@ -114,6 +117,7 @@ class HyperCL(SupervisedTemplate):
             hnet=hnet,
             generate=generate,
             freeze_shared=freeze_shared,
+            freeze_shared_after=freeze_shared_after,
             mask_unseen_classes=mask_unseen_classes,
             scenario=scenario,
             inference=inference,

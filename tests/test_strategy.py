@@ -255,3 +255,24 @@ def test_a_new_task_embedding_starts_random_or_where_the_last_task_is(emb_init):
     assert torch.equal(model.task_embs["0"].detach(), trained0)  # training task 1 left task 0's alone
     with pytest.raises(ValueError, match="emb_init must be 'random' or 'previous'"):
         small_hypercl(emb_init="last")
+
+
+def test_shared_parameters_train_during_the_first_tasks_only_with_freeze_shared_after():
+    strategy = small_hypercl(generate=["net.3.*"], freeze_shared_after=1, lookahead=False, plugins=[StepBudget(5)])
+    bm = conflicting_stream(n_tasks=3)
+    first = strategy.model.target.net[1]
+    before = [p.detach().clone() for p in first.parameters()]
+    strategy.train(bm.train_stream[0])
+    after0 = [p.detach().clone() for p in first.parameters()]
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(after0, before))  # task 0 trained them
+    for exp in bm.train_stream[1:]:
+        strategy.train(exp)
+        assert not any(p.requires_grad for p in first.parameters())
+        assert all(torch.equal(p, a) for p, a in zip(first.parameters(), after0))  # frozen since task 1
+    assert strategy.model.target.net[3].weight.requires_grad is False  # generated: never the target's own
+    with pytest.raises(ValueError, match="freeze_shared_after must be a number of tasks"):
+        small_hypercl(generate=["net.3.*"], freeze_shared_after=True)
+    with pytest.raises(ValueError, match="freeze_shared_after must be a number of tasks"):
+        small_hypercl(generate=["net.3.*"], freeze_shared_after=1, freeze_shared=True)
+    with pytest.raises(ValueError, match="generates all of them. Choose some with generate="):
+        small_hypercl(freeze_shared_after=1)

@@ -48,9 +48,11 @@ class Preset:
     emb_lr: float | None = None  # HyperCL's task embeddings' learning rate (None: lr)
     emb_init: str = "random"  # where HyperCL's new task embeddings start: random or previous
     # Which target parameters HyperCL generates (fnmatch patterns of their names; None: all);
-    # the rest are shared by every task, trained, or frozen at their init with freeze_shared.
+    # the rest are shared by every task: trained, frozen at their init (freeze_shared), or trained
+    # during the first freeze_shared_after tasks and then frozen.
     generate: tuple[str, ...] | None = None
     freeze_shared: bool = False
+    freeze_shared_after: int | None = None
 
     def to_dict(self) -> dict:
         """The settings as they are stored in a run's JSON (lists, activation by name)."""

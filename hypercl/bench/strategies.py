@@ -85,6 +85,7 @@ def _hypercl(info: BenchmarkInfo, p: Preset, **common):
         emb_init=p.emb_init,
         generate=None if p.generate is None else list(p.generate),
         freeze_shared=p.freeze_shared,
+        freeze_shared_after=p.freeze_shared_after,
         reset_optimizer_state=p.reset_optimizer,
         **common,
     )
@@ -120,7 +121,7 @@ STRATEGIES: dict[str, Callable] = {
 # (and enters the summary) only while these still match the preset.
 _COMMON = ("steps", "epochs", "batch_size", "lr", "adam_betas", "lr_schedule", "augment", "target", "hidden")
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "hypercl": (*_COMMON, "hnet", "beta", "reg_tasks", "lookahead", "reset_optimizer", "emb_lr", "emb_init", "generate", "freeze_shared"),
+    "hypercl": (*_COMMON, "hnet", "beta", "reg_tasks", "lookahead", "reset_optimizer", "emb_lr", "emb_init", "generate", "freeze_shared", "freeze_shared_after"),
     "naive": _COMMON,
     "ewc": (*_COMMON, "ewc_lambda"),
     "si": (*_COMMON, "si_lambda"),
