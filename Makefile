@@ -12,6 +12,8 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# pytest-xdist workers for make test (Ray's tests share one of them)
+TEST_WORKERS ?= 2
 # Folder holding MNIST/raw/... and cifar-100-python/ (cifar-10-batches-py/ for Split CIFAR-10/100); override: make test HYPERCL_DATA_ROOT=/my/data
 HYPERCL_DATA_ROOT ?= ../shared/data
 export HYPERCL_DATA_ROOT
@@ -27,7 +29,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 split-mnist: install
 	$(VENV)/bin/hypercl-bench split-mnist --preset quick --resume

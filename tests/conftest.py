@@ -12,6 +12,23 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Ray's tests run in one pytest-xdist worker, one after another (`make test` runs the suite in two
+# workers with --dist loadgroup): one local Ray instance at a time, which they share.
+RAY_FILES = {"test_grid.py", "test_sweep.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in RAY_FILES or "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_configure(config):
+    # Two workers on two cores: one torch thread each, so that neither starves the other.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

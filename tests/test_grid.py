@@ -243,23 +243,32 @@ def test_ctrl_c_cancels_the_runs_and_no_ray_process_outlives_the_command(mnist, 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: dict[int, float] = {}
     logs = [tmp_path / "logs" / f"{s}-0.log" for s in ("naive", "lwf")]
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        seen.update(_ray_processes(tmp, proc.pid))
-        if all(p.exists() and "== worker pid" in p.read_text() for p in logs):  # both runs are training
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
             seen.update(_ray_processes(tmp, proc.pid))
-            proc.send_signal(signal.SIGINT)  # as Ctrl-C would, to the command alone
-            break
-        time.sleep(0.1)
-    _, err = proc.communicate(timeout=120)
-    assert len(seen) > 3, seen  # Ray's own daemons and the two workers were there
-    assert proc.returncode == 130, err
-    assert f"interrupted; finished runs are in {tmp_path / 'runs'}" in err
-    deadline = time.monotonic() + 10
-    while _alive(seen) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(seen) == [], [psutil.Process(p).cmdline() for p in _alive(seen)]
-    shutil.rmtree(tmp, ignore_errors=True)
+            if all(p.exists() and "== worker pid" in p.read_text() for p in logs):  # both runs are training
+                seen.update(_ray_processes(tmp, proc.pid))
+                proc.send_signal(signal.SIGINT)  # as Ctrl-C would, to the command alone
+                break
+            time.sleep(0.1)
+        _, err = proc.communicate(timeout=120)
+        assert len(seen) > 3, seen  # Ray's own daemons and the two workers were there
+        assert proc.returncode == 130, err
+        assert f"interrupted; finished runs are in {tmp_path / 'runs'}" in err
+        deadline = time.monotonic() + 10
+        while _alive(seen) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive(seen) == [], [psutil.Process(p).cmdline() for p in _alive(seen)]
+    finally:  # whatever failed above, no process of this test outlives it
+        seen.update(_ray_processes(tmp, proc.pid))
+        for pid in [*([proc.pid] if proc.poll() is None else []), *_alive(seen)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_one_worker_runs_in_this_process_without_ray(mnist, tmp_path, monkeypatch):
