@@ -69,3 +69,26 @@ def test_a_stale_readme_table_is_named_and_rewritten(tmp_path, capsys):
     assert main([*argv, "--check"]) == 0
     (tmp_path / "r" / "summary.json").unlink()
     assert main([*argv, "--check"]) == 2 and "cannot read its summary" in capsys.readouterr().err
+
+
+def test_the_quick_table_is_what_make_split_mnist_runs_today():
+    """The README's quick-preset table comes from results/split-mnist-quick-reference, whose runs
+    must have the settings `make split-mnist` uses now: a change to the quick preset fails here
+    until the reference is run again."""
+    import json
+
+    from hypercl.bench.cli import _matches
+    from hypercl.bench.presets import preset
+
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- results: results/split-mnist-quick-reference/summary.json -->" in readme
+    make = (ROOT / "Makefile").read_text()
+    assert "hypercl-bench split-mnist --preset quick --resume" in make
+    budget = {"preset": "quick", "scenario": "task", "n_tasks": 5, "settings": preset("split-mnist", "quick").to_dict()}
+    runs = sorted((ROOT / "results" / "split-mnist-quick-reference" / "runs").glob("*.json"))
+    records = [json.loads(p.read_text()) for p in runs]
+    assert sorted(r["strategy"] for r in records) == sorted(["hypercl", "naive", "ewc", "si", "lwf", "replay", "joint"])
+    for path, record in zip(runs, records):
+        assert record["seed"] == 0 and record["benchmark"] == "split-mnist", path.name
+        assert record["command"].startswith("hypercl-bench split-mnist --preset quick"), record["command"]
+        assert _matches(record, budget), f"{path.name} ran with other settings than today's quick preset"
