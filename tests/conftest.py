@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-# Ray's tests run in one pytest-xdist worker, one after another (`make test` runs the suite in two
-# workers with --dist loadgroup): one local Ray instance at a time, which they share.
+# Ray's tests run in one pytest-xdist worker, one after another (`make test` runs the suite in
+# TEST_WORKERS workers with --dist loadgroup): one local Ray instance at a time, which they share.
 RAY_FILES = {"test_grid.py", "test_sweep.py"}
 
 
@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
-    # Two workers on two cores: one torch thread each, so that neither starves the other.
+    # One torch thread per xdist worker (make test: as many workers as cores), so none starves another.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
 
