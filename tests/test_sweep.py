@@ -102,3 +102,10 @@ def test_the_table_marks_stopped_and_failed_trials_and_the_best(tmp_path):
         "| si | si_lambda=1e+04 | stopped after 2 tasks (61.00 so far) | | |  |",
         "| si | si_lambda=1e+05 | failed after 1 tasks (log: logs/si-x.log) | | |  |",
     ]
+
+
+@pytest.mark.parametrize("flag", ["--trials", "--grace", "--checkpoint-every"])
+def test_a_sweep_count_below_one_is_one_clear_message(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["split-mnist", "--strategies", "ewc", "--out", str(tmp_path / "s"), flag, "0"])
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from hypercl.bench.results import (
     terminal_table,
     write_json,
 )
-from hypercl.bench.grid import GridError, Resources, log_name, preflight, run_grid, sigterm_as_interrupt
+from hypercl.bench.grid import GridError, Resources, count_below_one, log_name, preflight, run_grid, sigterm_as_interrupt
 from hypercl.bench.run import Job, benchmark_of, execute, silence_avalanche_notices
 from hypercl.bench.strategies import STRATEGIES, settings_of
 from hypercl.checkpoint import CheckpointError, load_checkpoint
@@ -112,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     if args.force and args.resume:
         parser().error("--force starts unfinished runs over and --resume continues them: pass one of them")
-    for flag in ("seeds", "steps", "tasks", "threads", "checkpoint_every", "workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser().error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if bad := count_below_one(args, ("seeds", "steps", "tasks", "threads", "checkpoint_every", "workers")):
+        parser().error(bad)
     try:
         resources = resources_of(args)
     except ValueError as err:

@@ -71,6 +71,16 @@ class Resources:
         return self.threads_ or max(1, int(self.cpus_per_run))
 
 
+def count_below_one(args, flags: tuple[str, ...]) -> str | None:
+    """The command-line error for the first of ``flags`` (attributes of ``args``, counts such as
+    --seeds or --workers) given below 1, or ``None`` when all are unset or at least 1."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1, got {value}"
+    return None
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """Within it, SIGTERM (a scheduler's pre-emption or time limit, `kill`) stops the command as

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from hypercl.bench.datasets import BENCHMARKS, info_of, resolve_data_root
-from hypercl.bench.grid import GridError, Resources, connect, log_to, sigterm_as_interrupt
+from hypercl.bench.grid import GridError, Resources, connect, count_below_one, log_to, sigterm_as_interrupt
 from hypercl.bench.presets import Preset, preset
 from hypercl.bench.results import atomic_write, load_run, write_json
 from hypercl.bench.run import Job, execute, silence_avalanche_notices
@@ -387,10 +387,8 @@ def main(argv: list[str] | None = None, *, num_cpus: int | None = None) -> int:
     unknown = sorted(set(wanted) - set(SPACES))
     if unknown or not wanted:
         p.error(f"no search space for {unknown}; choose from {', '.join(SPACES)}")
-    for flag in ("trials", "grace", "steps", "tasks", "checkpoint_every", "workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if bad := count_below_one(args, ("trials", "grace", "steps", "tasks", "checkpoint_every", "workers")):
+        p.error(bad)
     try:
         info, base = info_of(args.benchmark), preset(args.benchmark, args.preset)
         root = resolve_data_root(args.data_root, args.benchmark)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hypercl.bench.datasets import BENCHMARKS, info_of, resolve_data_root
-from hypercl.bench.grid import GridError, Resources, log_name, run_grid, sigterm_as_interrupt
+from hypercl.bench.grid import GridError, Resources, count_below_one, log_name, run_grid, sigterm_as_interrupt
 from hypercl.bench.presets import Preset, preset
 from hypercl.bench.results import atomic_write, load_run, write_json
 from hypercl.bench.run import Job, execute
@@ -164,10 +164,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    for flag in ("tasks", "seeds", "steps", "workers", "threads", "checkpoint_every"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if bad := count_below_one(args, ("tasks", "seeds", "steps", "workers", "threads", "checkpoint_every")):
+        p.error(bad)
     name = args.preset or ("cpu" if "cifar" in args.benchmark else "quick")
     try:
         base = preset(args.benchmark, name)
