@@ -131,6 +131,21 @@ def check_resume(make, where: str, tmp_path, joint_like: bool = False) -> None:
     assert torch.equal(outputs(resumed, stream), outputs(whole, stream))
 
 
+def test_the_progress_bar_of_a_resumed_experience_starts_at_its_checkpoint(tmp_path):
+    from hypercl.bench.run import ProgressBar
+
+    stream, path = conflicting_stream(n_tasks=3), tmp_path / "run.pt"
+    with pytest.raises(Stop):  # killed at step 11 of experience 1; its checkpoint is at step 10
+        train(build("naive", "task", [Checkpoint(path, every=5), StopAt(1, 11)]), stream)
+    bar = ProgressBar("resumed", STEPS)
+    resumed = build("naive", "task", [bar, Checkpoint(path, every=5)])
+    start = restore(resumed, load_checkpoint(path), stream.train_stream)
+    resumed.train(stream.train_stream[start])
+    assert (bar.bar.initial, bar.bar.n) == (10, STEPS)  # the 2 steps left, counted from 10
+    resumed.train(stream.train_stream[start + 1])
+    assert (bar.bar.initial, bar.bar.n) == (0, STEPS)  # a fresh experience counts from 0
+
+
 # --------------------------------------------------------------------- the runner, killed
 TIMING = {"train_time_s", "time_per_step_ms", "finished_at", "command", "inference_fit_s"}
 

@@ -278,6 +278,26 @@ def test_one_worker_runs_in_this_process_without_ray(mnist, tmp_path, monkeypatc
     assert json.loads((tmp_path / "runs" / "naive-seed0.json").read_text())["machine"]["cpu_count"] > 0
 
 
+def _threads(job, notify):
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_threads_hold_for_runs_in_this_process_and_are_given_back(monkeypatch):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # one worker: no Ray
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    calls = Calls()
+    run_grid(_threads, {0: None, 1: None}, Resources(workers=1, threads_=want), **calls.kwargs())
+    assert calls.results == {0: want, 1: want}
+    assert torch.get_num_threads() == before
+    run_grid(_threads, {0: None}, Resources(workers=1), **calls.kwargs())
+    assert calls.results[0] == before  # no --threads: torch's own
+
+
 def test_sigterm_stops_the_command_as_ctrl_c_does():
     """A scheduler's pre-emption or time limit (SIGTERM) takes the Ctrl-C path: runs cancelled,
     Ray stopped, finished results kept; outside it SIGTERM is left as it was."""

@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from hypercl.bench.datasets import BENCHMARKS, CIFAR_SETS, SCENARIOS, info_of, resolve_data_root
@@ -128,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(err))
     if args.steps:
         settings = replace(settings, steps=args.steps, epochs=None)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         info = info_of(args.benchmark, args.scenario)
     except ValueError as err:

@@ -129,17 +129,34 @@ def run_grid(
             cannot be reached or a run needs more than the cluster has.
     """
     if not resources.uses_ray:
-        for key, job in jobs.items():
-            info = {"attempt": 1, "pid": os.getpid()}
-            try:
-                result = fn(job, lambda extra, key=key, info=info: on_start(key, {**info, **extra}))
-            except Exception as err:  # a broken run: report it, the others go on
-                traceback.print_exc()
-                on_failure(key, f"{type(err).__name__}: {err}")
-            else:
-                on_result(key, result)
+        with _torch_threads(resources.threads_):  # as Ray's workers set them (_in_worker)
+            for key, job in jobs.items():
+                info = {"attempt": 1, "pid": os.getpid()}
+                try:
+                    result = fn(job, lambda extra, key=key, info=info: on_start(key, {**info, **extra}))
+                except Exception as err:  # a broken run: report it, the others go on
+                    traceback.print_exc()
+                    on_failure(key, f"{type(err).__name__}: {err}")
+                else:
+                    on_result(key, result)
         return
     _run_on_ray(fn, jobs, resources, on_start, on_result, on_failure, log_dir, progress)
+
+
+@contextmanager
+def _torch_threads(threads: int | None):
+    """Within it, torch uses ``threads`` CPU threads in this process (``None``: as it was)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def log_name(key: Hashable) -> str:

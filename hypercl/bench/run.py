@@ -62,6 +62,9 @@ class ProgressBar(SupervisedPlugin):
         )
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
+        if self.bar.n == 0:  # the experience's first step here: resumed from a checkpoint, start there
+            earlier = strategy.clock.train_exp_iterations  # the clock counts this step after us
+            self.bar.initial = self.bar.n = self.bar.last_print_n = earlier
         self.bar.update()
 
     def after_training_exp(self, strategy, **kwargs) -> None:
