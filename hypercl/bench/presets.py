@@ -86,12 +86,20 @@ _PMNIST = Preset(
     batch_size=128,
     lr=1e-4,
     hidden=(1000, 1000),
-    hnet=HyperNetConfig(hidden=(25, 25), activation=nn.ELU, chunk_size=78000, task_emb_dim=24, chunk_emb_dim=8),
+    # The paper's Xavier init: on the validation split (first 3 tasks) HyperCL learns each task
+    # better with it than with our variance-matching default (97.27 against 96.30 % right after
+    # training, 97.25 against 96.29 % final; results/sweeps/pmnist-10-paper/variants-hypercl-3tasks).
+    hnet=HyperNetConfig(
+        hidden=(25, 25), activation=nn.ELU, chunk_size=78000, task_emb_dim=24, chunk_emb_dim=8, init="xavier"
+    ),
     beta=0.1,
-    # Not swept yet (PMNIST-10 awaits a GPU session); Avalanche-scale defaults.
-    ewc_lambda=1e3,
+    # Best of each grid on the validation split: EWC 1e2/1e3/1e4 -> 94.69/94.47/94.81 % over all
+    # 10 tasks (results/sweeps/pmnist-10-paper/runs); SI 1/10/100 -> 97.01/96.72/94.32 % and LwF
+    # alpha 1/2/4 (T 2) -> 97.10/97.14/97.32 % over the first 3 tasks (variants-3tasks; Naive
+    # 94.96). Three tasks favour weak regularisers: SI 1 may forget more over ten.
+    ewc_lambda=1e4,
     si_lambda=1.0,
-    lwf_alpha=1.0,
+    lwf_alpha=4.0,
     lwf_temperature=2.0,
     replay_mem=2000,
 )
