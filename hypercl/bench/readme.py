@@ -30,12 +30,14 @@ def table_of(summary: dict) -> str:
     return text[text.index("\n|") + 1 :]
 
 
-def render(readme: str, root: Path) -> tuple[str, list[str]]:
-    """``readme`` with every block rewritten from its summary under ``root``, and the sources of
-    the blocks that changed."""
+def render(readme: str, root: Path, only: set[str] | None = None) -> tuple[str, list[str]]:
+    """``readme`` with every block (or those whose source is in ``only``) rewritten from its
+    summary under ``root``, and the sources of the blocks that changed."""
     changed: list[str] = []
 
     def fill(m: re.Match) -> str:
+        if only is not None and m["source"] not in only:
+            return m[0]
         path = root / m["source"]
         try:
             summary = json.loads(path.read_text())
