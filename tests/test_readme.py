@@ -92,3 +92,19 @@ def test_the_quick_table_is_what_make_split_mnist_runs_today():
         assert record["seed"] == 0 and record["benchmark"] == "split-mnist", path.name
         assert record["command"].startswith("hypercl-bench split-mnist --preset quick"), record["command"]
         assert _matches(record, budget), f"{path.name} ran with other settings than today's quick preset"
+
+
+def test_a_grid_still_landing_shows_each_strategys_number_of_seeds():
+    from hypercl.bench.results import markdown_table, summarize
+
+    def run(strategy, seed, acc):
+        acc_matrix = [[acc, None], [acc, acc]]
+        return {"strategy": strategy, "seed": seed, "acc": acc_matrix, "final_avg_acc": acc, "bwt": 0.0,
+                "forgetting": 0.0, "time_per_step_ms": 10.0}  # fmt: skip
+
+    meta = {"benchmark": "b", "scenario": "task", "preset": "paper", "command": "c"}
+    partial = markdown_table(summarize([run("hypercl", 0, 0.9), run("hypercl", 1, 0.8), run("naive", 0, 0.5)], **meta))
+    assert "| strategy | seeds | final avg acc (%) |" in partial
+    assert "| hypercl | 2 | 85.00 ± 7.07 |" in partial and "| naive | 1 | 50.00 |" in partial
+    full = markdown_table(summarize([run("hypercl", 0, 0.9), run("naive", 0, 0.5)], **meta))
+    assert "seeds |" not in full and "| naive | 50.00 |" in full

@@ -85,18 +85,23 @@ def _pct(stat: dict, sign: str = "") -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    """``summary.md``: the summary as a table, in percent."""
+    """``summary.md``: the summary as a table, in percent. Where the strategies have different
+    numbers of seeds (a grid still landing), a column gives each one's."""
+    partial = len({len(s["seeds"]) for s in summary["strategies"].values()}) > 1
     lines = [
         f"# {summary['benchmark']} ({summary['scenario']}-incremental), preset `{summary['preset']}`",
         "",
         f"Seeds {summary['seeds']}. Command: `{summary['command']}`",
         "",
-        "| strategy | final avg acc (%) | BWT (points) | forgetting (points) | ms / step |",
-        "|---|---|---|---|---|",
+        "| strategy |" + " seeds |" * partial + " final avg acc (%) | BWT (points) | forgetting (points) | ms / step |",
+        "|---|" + "---|" * partial + "---|---|---|---|",
     ]
     for name, s in summary["strategies"].items():
         ms = s["time_per_step_ms"]["mean"]
-        lines.append(f"| {name} | {_pct(s['final_avg_acc'])} | {_pct(s['bwt'], '+')} | {_pct(s['forgetting'])} | {ms:.1f} |")
+        seeds = f" {len(s['seeds'])} |" * partial
+        lines.append(
+            f"| {name} |{seeds} {_pct(s['final_avg_acc'])} | {_pct(s['bwt'], '+')} | {_pct(s['forgetting'])} | {ms:.1f} |"
+        )
     for name, s in summary["strategies"].items():
         if "inference_methods" not in s:
             continue
