@@ -39,7 +39,9 @@ def test_notebook_runs_and_draws(path, monkeypatch):
     expected = {"01_quickstart": 2, "02_forgetting_curves": 4 * 4, "03_beyond": 2}[path.stem]
     assert len(images) >= expected, f"{path.stem}: {len(images)} plots, expected {expected}"
     if path.stem == "02_forgetting_curves":  # every committed results folder is read and shown
-        for folder in ("split-mnist", "split-mnist-class", "split-mnist-domain", "split-cifar100-cpu"):
+        shown = ("split-mnist", "split-mnist-class", "split-mnist-domain", "split-cifar100-cpu")
+        shown += ("pmnist-10", "pmnist-10-class", "pmnist-10-domain")
+        for folder in shown:
             assert folder in text
         assert ": not in " not in text
     elif path.stem == "01_quickstart":  # numbers the notebook computed, read back from its outputs
