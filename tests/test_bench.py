@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from hypercl import HyperNetConfig
 from hypercl.bench.cli import _matches, main
@@ -82,6 +83,15 @@ def test_permuted_mnist_runs_padded_to_32x32(mnist, tmp_path):
     n_target = 1024 * 1000 + 1000 + 1000 * 1000 + 1000 + 1000 * 10 + 10
     n_hnet = record["config"]["compression_ratio"] * n_target
     assert 0.9 * n_target < n_hnet < 1.1 * n_target  # the paper's compressive regime
+
+
+def test_pmnist_paper_preset_is_the_papers_and_tuned_changes_only_hypercls_beta():
+    paper, tuned = preset("pmnist-10", "paper"), preset("pmnist-10", "tuned")
+    assert (paper.hidden, paper.steps, paper.batch_size, paper.lr, paper.beta) == ((1000, 1000), 5000, 128, 1e-4, 0.1)
+    assert (paper.hnet.hidden, paper.hnet.activation, paper.hnet.chunk_size) == ((25, 25), nn.ELU, 78000)
+    assert (paper.hnet.task_emb_dim, paper.hnet.chunk_emb_dim, paper.hnet.init) == (24, 8, "xavier")
+    changed = {k: (v, tuned.to_dict()[k]) for k, v in paper.to_dict().items() if tuned.to_dict()[k] != v}
+    assert changed == {"beta": (0.1, 0.01)}  # chosen on the validation split, the baselines untouched
 
 
 def test_a_stored_run_counts_only_while_its_own_settings_match():

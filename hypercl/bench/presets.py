@@ -1,4 +1,5 @@
-"""Settings per benchmark: the paper's (``paper``) and CPU budgets (``quick``, ``cpu``)."""
+"""Settings per benchmark: the paper's (``paper``), validated changes to them (``tuned``) and CPU
+budgets (``quick``, ``cpu``)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,11 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # A tenth of the paper's steps; so short a run needs a stronger regulariser.
     ("split-mnist", "quick"): replace(_SPLIT, steps=200, beta=0.05),
     ("pmnist-10", "paper"): _PMNIST,
+    # The paper's settings but HyperCL's beta chosen on the validation split: over all 10 tasks
+    # (seed 0) beta 0.01 learns them to 97.36 % on average against the paper's 0.1's 97.27 and ends
+    # at 97.37 against 97.28 %, BWT +0.01 against +0.00
+    # (results/sweeps/pmnist-10-paper/variants-hypercl-10tasks). The baselines are `paper`'s.
+    ("pmnist-10", "tuned"): replace(_PMNIST, beta=0.01),
     ("pmnist-10", "quick"): replace(_PMNIST, steps=300, lr=1e-3),
     ("pmnist-100", "paper"): _PMNIST100,
     # CPU budget for the 100-task capacity test: a tenth of the steps, at a higher lr,
