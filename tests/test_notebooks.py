@@ -36,11 +36,11 @@ def test_notebook_runs_and_draws(path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs) + "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert not [o for o in outputs if o.output_type == "error"]
     assert str(ROOT) not in json.dumps(outputs), "an output shows a path of this machine (a warning?)"
-    expected = {"01_quickstart": 2, "02_forgetting_curves": 7 * 4, "03_beyond": 2}[path.stem]
+    expected = {"01_quickstart": 2, "02_forgetting_curves": 8 * 4, "03_beyond": 2}[path.stem]
     assert len(images) >= expected, f"{path.stem}: {len(images)} plots, expected {expected}"
     if path.stem == "02_forgetting_curves":  # every committed results folder is read and shown
         shown = ("split-mnist", "split-mnist-class", "split-mnist-domain", "split-cifar100-cpu")
-        shown += ("pmnist-10", "pmnist-10-class", "pmnist-10-domain")
+        shown += ("pmnist-10", "pmnist-10-tuned", "pmnist-10-class", "pmnist-10-domain")
         for folder in shown:
             assert folder in text
         assert ": not in " not in text
