@@ -64,11 +64,13 @@ class Config:
     batch: int = 128
 
 
-CONFIGS = {  # the paper's settings (../REFERENCE: Split MNIST and Permuted MNIST-10)
+CONFIGS = {  # the paper's settings (../REFERENCE: Split MNIST, Permuted MNIST-10 and -100)
     "split-mnist": Config(784, (400, 400), 2, HyperNetConfig(hidden=(10, 10), chunk_size=42000, task_emb_dim=96,
                                                              chunk_emb_dim=96, init="xavier"), 0.01, 1e-3),
     "pmnist-10": Config(1024, (1000, 1000), 10, HyperNetConfig(hidden=(25, 25), activation=nn.ELU, chunk_size=78000,
                                                                task_emb_dim=24, chunk_emb_dim=8), 0.1, 1e-4),
+    "pmnist-100": Config(1024, (1000, 1000), 10, HyperNetConfig(hidden=(200, 250, 350), chunk_size=7500,
+                                                                task_emb_dim=128, chunk_emb_dim=12), 0.01, 1e-4),
 }  # fmt: skip
 ADAM = partial(torch.optim.Adam, fused=True)  # every implementation: the fastest Adam on CPU and GPU
 IMPLS = ("target", "naive", "hypnettorch", "hypercl-loop", "hypercl-loop-stored", "hypercl", "hypercl+lookahead")

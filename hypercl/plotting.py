@@ -50,8 +50,14 @@ def accuracy_matrices(results: Results | list[dict]) -> dict[str, np.ndarray]:
 
 
 def average_accuracy_curves(results: Results | list[dict]) -> dict[str, np.ndarray]:
-    """Per strategy, an array (seeds, tasks) of the average accuracy over the tasks seen so far."""
-    return {k: np.nanmean(m, axis=2) for k, m in accuracy_matrices(results).items()}
+    """Per strategy, an array (seeds, tasks) of the average accuracy over the tasks seen so far;
+    NaN after a task whose evaluation covered only that task (a run with ``eval_every`` > 1)."""
+    out = {}
+    for k, m in accuracy_matrices(results).items():
+        n = m.shape[1]
+        lower = np.tril(np.ones((n, n), dtype=bool))
+        out[k] = np.where(lower, m, 0.0).sum(2) / lower.sum(1)  # NaN where a seen task is NaN
+    return out
 
 
 def plot_average_accuracy(results: Results | list[dict], title: str = "", zoom: float = 2.0) -> Figure:
@@ -63,7 +69,7 @@ def plot_average_accuracy(results: Results | list[dict], title: str = "", zoom: 
     means = {name: 100 * c.mean(0) for name, c in curves.items()}
     best = max(m[-1] for m in means.values())
     close = [m for m in means.values() if m[-1] >= best - zoom]
-    zoom_low = min(float(np.min(m)) for m in close) - 0.3
+    zoom_low = min(float(np.nanmin(m)) for m in close) - 0.3
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for ax in axes:
@@ -218,7 +224,10 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 
 
 def _band(ax, x: np.ndarray, values: np.ndarray, name: str) -> None:
-    """Mean line and ± std band over the seeds (rows) of ``values``."""
+    """Mean line and ± std band over the seeds (rows) of ``values``, through the points that
+    were evaluated (columns all NaN, by ``eval_every``, are left out; the line joins the rest)."""
+    kept = ~np.isnan(values).all(0)
+    x, values = x[kept], values[:, kept]
     mean, std = values.mean(0), values.std(0)
     ax.plot(x, mean, marker="o", ms=3, label=name, color=colour(name))
     ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=colour(name))

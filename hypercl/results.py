@@ -29,26 +29,39 @@ def strategy_order(name: str) -> tuple[int, str]:
 def cl_metrics(acc: list[list[float | None]]) -> dict[str, float]:
     """Final average accuracy, backward transfer and forgetting of an accuracy matrix.
 
-    ``acc[i][j]``: accuracy on task ``j`` after training task ``i`` (``None`` for j > i).
-    BWT = mean over j < T-1 of ``acc[T-1][j] - acc[j][j]``; forgetting = mean over the
-    same j of the best earlier accuracy on j minus the final one.
+    ``acc[i][j]``: accuracy on task ``j`` after training task ``i`` (``None`` for j > i, and
+    for the earlier tasks of a row that evaluated only the task just trained: a run with
+    ``eval_every`` > 1; its diagonal and last row are whole). BWT = mean over j < T-1 of
+    ``acc[T-1][j] - acc[j][j]``; forgetting = mean over the same j of the best earlier
+    accuracy on j (over the rows that evaluated it) minus the final one.
     """
     last, n = acc[-1], len(acc)
     final = sum(last) / n
     if n == 1:
         return {"final_avg_acc": final, "bwt": 0.0, "forgetting": 0.0}
     bwt = sum(last[j] - acc[j][j] for j in range(n - 1)) / (n - 1)
-    forgetting = sum(max(acc[i][j] for i in range(j, n - 1)) - last[j] for j in range(n - 1)) / (n - 1)
+    best = [max(a for a in (acc[i][j] for i in range(j, n - 1)) if a is not None) for j in range(n - 1)]
+    forgetting = sum(best[j] - last[j] for j in range(n - 1)) / (n - 1)
     return {"final_avg_acc": final, "bwt": bwt, "forgetting": forgetting}
+
+
+def evaluates_all(task: int, n_tasks: int, every: int = 1) -> bool:
+    """Whether the evaluation after ``task`` (0-based) covers every task so far: after every
+    ``every``-th task and after the last; the others evaluate only the task just trained."""
+    return (task + 1) % every == 0 or task == n_tasks - 1
 
 
 def accuracy_matrix_row(metrics: dict, stream, n_tasks: int | None = None) -> list[float | None]:
     """Row ``i`` of the accuracy matrix from the metrics ``strategy.eval(stream)`` returned
     (Avalanche's ``accuracy_metrics(experience=True)``): accuracy on each experience of
-    ``stream``, padded with ``None`` up to ``n_tasks`` entries (tasks not trained yet)."""
+    ``stream`` at its index, ``None`` at the others (tasks not evaluated or not trained yet),
+    ``n_tasks`` entries (default: up to the last experience of ``stream``)."""
     prefix = "Top1_Acc_Exp/eval_phase/test_stream"
-    row = [metrics[f"{prefix}/Task{e.task_label:03d}/Exp{e.current_experience:03d}"] for e in stream]
-    return row + [None] * ((n_tasks or len(row)) - len(row))
+    stream = list(stream)
+    row = [None] * (n_tasks or max(e.current_experience for e in stream) + 1)
+    for e in stream:
+        row[e.current_experience] = metrics[f"{prefix}/Task{e.task_label:03d}/Exp{e.current_experience:03d}"]
+    return row
 
 
 def load_run(path: Path) -> dict | None:
@@ -75,9 +88,14 @@ def check_run(run: dict, source: str = "run") -> None:
         raise ValueError(f"{source}: 'acc' must be a non-empty square list of lists (tasks x tasks). To fix: {fix}.")
     for i, row in enumerate(acc):
         for j, a in enumerate(row):
-            ok = a is None if j > i else isinstance(a, (int, float)) and 0 <= a <= 1
+            number = isinstance(a, (int, float)) and 0 <= a <= 1
+            if j > i:
+                ok, want = a is None, "null (not trained yet)"
+            elif j == i or i == n - 1:  # the task just trained and the final row: always evaluated
+                ok, want = number, "an accuracy in [0, 1]"
+            else:  # null where the run evaluated only the task just trained (eval_every > 1)
+                ok, want = a is None or number, "an accuracy in [0, 1] or null (not evaluated)"
             if not ok:
-                want = "null (not trained yet)" if j > i else "an accuracy in [0, 1]"
                 raise ValueError(f"{source}: acc[{i}][{j}] is {a!r}, expected {want}. To fix: {fix}.")
     for key, value in cl_metrics(acc).items():
         if not isinstance(run[key], (int, float)) or not math.isclose(run[key], value, abs_tol=1e-9):

@@ -71,6 +71,26 @@ def test_runner_writes_every_result_file_and_resumes(mnist, tmp_path, capsys):
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_eval_every_evaluates_earlier_tasks_only_at_its_tasks_and_the_last(mnist, tmp_path, capsys):
+    out = tmp_path / "sparse"
+    argv = ["split-mnist", "--strategies", "naive", "--steps", "2", "--tasks", "4", "--eval-every", "3",
+            "--data-root", str(mnist), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "runs" / "naive-seed0.json").read_text())
+    acc = record["acc"]
+    assert acc[1][0] is None and acc[1][1] is not None  # after task 1: only task 1
+    assert None not in acc[2][:3] and None not in acc[3]  # after task 2 (the 3rd) and the last: all
+    assert record["config"]["preset_settings"]["eval_every"] == 3
+    assert record["forgetting"] == pytest.approx(cl_metrics(acc)["forgetting"])
+    curve = json.loads((out / "summary.json").read_text())["strategies"]["naive"]["avg_acc_curve"]
+    assert curve[1] is None and curve[3] == pytest.approx(record["final_avg_acc"])
+    # the full evaluation is another setting: the run does not count for it
+    full = [a for i, a in enumerate(argv) if "--eval-every" not in argv[max(i - 1, 0) : i + 1]]
+    assert main(full) == 2 and "other settings (eval_every differ)" in capsys.readouterr().err
+    assert main([*full, "--force"]) == 0
+    assert None not in json.loads((out / "runs" / "naive-seed0.json").read_text())["acc"][1][:2]
+
+
 def test_permuted_mnist_runs_padded_to_32x32(mnist, tmp_path):
     out = tmp_path / "pm"
     argv = ["pmnist-10", "--strategies", "hypercl,naive", "--steps", "2", "--tasks", "2",
@@ -92,6 +112,15 @@ def test_pmnist_paper_preset_is_the_papers_and_tuned_changes_only_hypercls_beta(
     assert (paper.hnet.task_emb_dim, paper.hnet.chunk_emb_dim, paper.hnet.init) == (24, 8, "xavier")
     changed = {k: (v, tuned.to_dict()[k]) for k, v in paper.to_dict().items() if tuned.to_dict()[k] != v}
     assert changed == {"beta": (0.1, 0.01)}  # chosen on the validation split, the baselines untouched
+
+
+def test_pmnist100_paper_preset_is_the_papers_and_quick_is_its_stated_cpu_budget():
+    paper, quick = preset("pmnist-100", "paper"), preset("pmnist-100", "quick")
+    assert (paper.hidden, paper.steps, paper.lr, paper.beta, paper.reg_tasks) == ((1000, 1000), 5000, 1e-4, 0.01, None)
+    assert (paper.hnet.hidden, paper.hnet.activation, paper.hnet.chunk_size) == ((200, 250, 350), nn.ReLU, 7500)
+    assert (paper.hnet.task_emb_dim, paper.hnet.chunk_emb_dim, paper.eval_every) == (128, 12, 1)
+    changed = {k: (v, quick.to_dict()[k]) for k, v in paper.to_dict().items() if quick.to_dict()[k] != v}
+    assert changed == {"steps": (5000, 250), "lr": (1e-4, 1e-3), "reg_tasks": (None, 2), "eval_every": (1, 10)}
 
 
 def test_a_stored_run_counts_only_while_its_own_settings_match():

@@ -7,7 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hypercl.plotting import PLOTS, colour, figures, plot_all, plot_forgetting, plot_task_curves
+from hypercl.plotting import (
+    PLOTS,
+    accuracy_matrices,
+    average_accuracy_curves,
+    colour,
+    figures,
+    plot_all,
+    plot_average_accuracy,
+    plot_forgetting,
+    plot_task_curves,
+)
 from hypercl.results import cl_metrics, find_results, load_results
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -45,6 +55,31 @@ def test_task_curves_plot_the_seed_mean_of_each_column():
     assert all(l.get_color() == colour(l.get_label()) for ax in axes for l in ax.lines)
 
 
+# Evaluated every 2 tasks (eval_every=2): after tasks 0 and 2 only the task just trained.
+SPARSE = [
+    _run("naive", 0, [[0.9, None, None, None], [0.6, 0.9, None, None], [None, None, 0.95, None], [0.3, 0.5, 0.7, 0.9]]),
+    _run("naive", 1, [[0.8, None, None, None], [0.4, 0.9, None, None], [None, None, 0.85, None], [0.5, 0.3, 0.5, 0.9]]),
+]
+
+
+def test_a_sparsely_evaluated_run_passes_the_check_and_its_metrics_use_what_was_evaluated(tmp_path):
+    m = cl_metrics(SPARSE[0]["acc"])
+    assert m["bwt"] == pytest.approx(((0.3 - 0.9) + (0.5 - 0.9) + (0.7 - 0.95)) / 3)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.3) + (0.9 - 0.5) + (0.95 - 0.7)) / 3)
+    assert len(load_results(_write(tmp_path / "toy", SPARSE)).runs) == 2
+
+
+def test_sparse_rows_drop_out_of_the_curves_and_leave_gaps_in_the_matrix():
+    curves = average_accuracy_curves(SPARSE)["naive"]
+    assert np.isnan(curves[:, 2]).all() and curves[:, 1] == pytest.approx([0.75, 0.65])
+    line = plot_average_accuracy(SPARSE).axes[0].lines[0]
+    assert list(line.get_xdata()) == [1, 2, 4]  # after the third task only that task was measured
+    assert np.allclose(line.get_ydata(), [85, 70, 57.5])
+    task0 = next(ax for ax in plot_task_curves(SPARSE).axes if ax.get_title() == "task 0").lines[0]
+    assert list(task0.get_xdata()) == [1, 2, 4] and np.allclose(task0.get_ydata(), [85, 50, 40])
+    assert np.isnan(accuracy_matrices(SPARSE)["naive"][:, 2, 0]).all()
+
+
 def test_forgetting_bars_are_the_metrics_of_the_matrices():
     fig = plot_forgetting(RUNS)
     bwt, forgetting = fig.axes[:2]
@@ -79,6 +114,9 @@ def test_committed_results_all_pass_the_schema_check():
         (lambda r: r["acc"][0].append(0.5), "square list of lists"),
         (lambda r: r["acc"][1].__setitem__(1, 1.5), r"acc\[1\]\[1\] is 1.5, expected an accuracy in \[0, 1\]"),
         (lambda r: r["acc"][0].__setitem__(2, 0.4), r"acc\[0\]\[2\] is 0.4, expected null"),
+        # a row may skip earlier tasks (eval_every > 1), never the task just trained or the final row
+        (lambda r: r["acc"][1].__setitem__(1, None), r"acc\[1\]\[1\] is None, expected an accuracy"),
+        (lambda r: r["acc"][2].__setitem__(0, None), r"acc\[2\]\[0\] is None, expected an accuracy"),
         (lambda r: r.__setitem__("final_avg_acc", 0.99), "edited or corrupted"),
         (lambda r: r.__setitem__("benchmark", "other"), "keep each benchmark in its own folder"),
     ],

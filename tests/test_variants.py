@@ -85,6 +85,21 @@ def test_an_unknown_option_is_named(tmp_path, capsys):
     assert "--variant x: " in err and "'lrr'" in err and "Preset's and HyperNetConfig's fields" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("lr=1e-3,beta=0.05", "lr='1e-3,beta=0.05' is not a valid value: expected float. Separate settings with spaces"),
+     ("reg_tasks=two", "reg_tasks='two' is not a valid value: expected int | None."),
+     ("chunk_size=big", "chunk_size='big' is not a valid value: expected int | None.")],
+)  # fmt: skip
+def test_a_value_of_the_wrong_kind_is_one_clear_message_before_anything_trains(option, message, tmp_path, capsys):
+    write_cifar(tmp_path, "cifar100", per_class=2)
+    with pytest.raises(SystemExit):
+        main(["split-cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "v"), "--variant", f"x: {option}"])
+    err = capsys.readouterr().err
+    assert f"--variant x: {message}" in err
+    assert not (tmp_path / "v").exists()  # nothing started
+
+
 def test_split_cifar100_cpu_preset_runs_two_tasks_through_the_command_line(tmp_path):
     write_cifar(tmp_path, "cifar100", per_class=4)
     out = tmp_path / "res"

@@ -42,8 +42,10 @@ def summarize(runs: list[dict], *, benchmark: str, scenario: str, preset: str, c
             **{k: _stats([r[k] for r in mine]) for k in ("final_avg_acc", "bwt", "forgetting")},
             **_inference_stats(mine),
             "time_per_step_ms": _stats([r["time_per_step_ms"] for r in mine]),
+            # None after a task whose evaluation covered only that task (eval_every > 1)
             "avg_acc_curve": [
-                statistics.fmean(_row_mean(r["acc"][i]) for r in mine) for i in range(len(mine[0]["acc"]))
+                None if None in (row := [_row_mean(r["acc"][i]) for r in mine]) else statistics.fmean(row)
+                for i in range(len(mine[0]["acc"]))
             ],
         }
     return {
@@ -73,9 +75,12 @@ def _inference_stats(runs: list[dict]) -> dict:
     }
 
 
-def _row_mean(row: list[float | None]) -> float:
-    seen = [a for a in row if a is not None]
-    return sum(seen) / len(seen)
+def _row_mean(row: list[float | None]) -> float | None:
+    """Mean accuracy over the tasks trained so far (the row up to its last entry); ``None``
+    where one of them was not evaluated."""
+    last = max(j for j, a in enumerate(row) if a is not None)
+    seen = row[: last + 1]
+    return None if None in seen else sum(seen) / len(seen)
 
 
 def _pct(stat: dict, sign: str = "") -> str:

@@ -33,7 +33,7 @@ from hypercl.checkpoint import Checkpoint, load_checkpoint, restore
 from hypercl.data import DeviceData
 from hypercl.guards import StopOnNonFiniteLoss
 from hypercl.metrics import task_inference_metrics
-from hypercl.results import accuracy_matrix_row
+from hypercl.results import accuracy_matrix_row, evaluates_all
 from hypercl.schedule import EpochSchedule
 from hypercl.speedups import FlushDenormals, keep_freed_memory
 
@@ -71,10 +71,14 @@ class ProgressBar(SupervisedPlugin):
         self.bar.close()
 
 
-def task_inference_row(metrics: dict, stream) -> list[float]:
-    """Task-inference accuracy on each experience of ``stream`` (domain and class scenarios)."""
+def task_inference_row(metrics: dict, stream, n_tasks: int) -> list[float | None]:
+    """Task-inference accuracy on each experience of ``stream`` at its index (domain and class
+    scenarios), ``None`` at the others: ``n_tasks`` entries."""
     prefix = "TaskInference_Exp/eval_phase/test_stream"
-    return [metrics[f"{prefix}/Exp{e.current_experience:03d}"] for e in stream]
+    row = [None] * n_tasks
+    for e in stream:
+        row[e.current_experience] = metrics[f"{prefix}/Exp{e.current_experience:03d}"]
+    return row
 
 
 @torch.no_grad()
@@ -132,7 +136,9 @@ def run_one(
 ) -> dict:
     """Train ``strategy_name`` on every task in order and return the run's record.
 
-    After each task it is evaluated on the test experiences of every task so far.
+    After each task it is evaluated on the test experiences of every task so far (with
+    ``preset.eval_every`` > 1, after every ``eval_every``-th task and the last; the others
+    evaluate only the task just trained, the rest of their row is ``None``).
     ``n_tasks`` stops after that many tasks (smoke runs). With ``checkpoint``, the run's
     whole state is saved there after each task is evaluated (and every ``every`` steps);
     ``resume`` is such a checkpoint, loaded, to go on from. ``on_task_end(tasks_done,
@@ -192,11 +198,14 @@ def run_one(
             torch.cuda.synchronize()
         history["train_time_s"] += time.perf_counter() - started
         started = None
-        seen = benchmark.test_stream[: i + 1]
+        if evaluates_all(i, n_tasks, preset.eval_every):
+            seen = benchmark.test_stream[: i + 1]
+        else:
+            seen = benchmark.test_stream[i : i + 1]
         metrics = strategy.eval(seen)
         acc.append(accuracy_matrix_row(metrics, seen, n_tasks))
         if infers:
-            task_acc.append(task_inference_row(metrics, seen) + [None] * (n_tasks - i - 1))
+            task_acc.append(task_inference_row(metrics, seen, n_tasks))
         saver.save(strategy)
         if on_task_end is not None:
             on_task_end(i + 1, acc)
@@ -326,12 +335,26 @@ def versions() -> dict:
     }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name where the system says it (Linux), else the architecture: runs on
+    different CPUs may differ in the last digits (their kernels round differently)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str) -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -119,7 +119,7 @@ STRATEGIES: dict[str, Callable] = {
 
 # The preset fields each strategy's result depends on; a finished run counts as done
 # (and enters the summary) only while these still match the preset.
-_COMMON = ("steps", "epochs", "batch_size", "lr", "adam_betas", "lr_schedule", "augment", "target", "hidden")
+_COMMON = ("steps", "epochs", "batch_size", "lr", "adam_betas", "lr_schedule", "augment", "target", "hidden", "eval_every")
 SETTINGS: dict[str, tuple[str, ...]] = {
     "hypercl": (*_COMMON, "hnet", "beta", "reg_tasks", "lookahead", "reset_optimizer", "emb_lr", "emb_init", "generate", "freeze_shared", "freeze_shared_after"),
     "naive": _COMMON,

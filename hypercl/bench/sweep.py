@@ -86,8 +86,26 @@ SPACES: dict[str, dict[str, Range | Choice]] = {
 }
 
 
+#: The options that take one number (or flag), by their annotation: what their values may be.
+_SCALARS = {
+    "int": (int,), "float": (int, float), "bool": (bool,),
+    "int | None": (int, type(None)), "float | None": (int, float, type(None)),
+}  # fmt: skip
+
+
 def with_overrides(base: Preset, overrides: dict) -> Preset:
-    """``base`` with ``overrides`` applied; hypernetwork options go into its ``hnet``."""
+    """``base`` with ``overrides`` applied; hypernetwork options go into its ``hnet``.
+
+    Raises:
+        ValueError: an option that takes a number got something else (``lr='1e-3,beta=0.05'``).
+        TypeError: an option neither ``Preset`` nor ``HyperNetConfig`` has.
+    """
+    for f in (*fields(Preset), *fields(HyperNetConfig)):
+        want = _SCALARS.get(f.type)
+        value = overrides.get(f.name)
+        if f.name in overrides and want and not isinstance(value, want):
+            hint = " Separate settings with spaces ('lr=1e-3 beta=0.05'), not commas." if "=" in str(value) else ""
+            raise ValueError(f"{f.name}={value!r} is not a valid value: expected {f.type}.{hint}")
     hnet_keys = {f.name for f in fields(HyperNetConfig)}
     hnet = replace(base.hnet, **{k: v for k, v in overrides.items() if k in hnet_keys})
     return replace(base, hnet=hnet, **{k: v for k, v in overrides.items() if k not in hnet_keys})
@@ -152,7 +170,9 @@ def trial(config: dict, sweep: Sweep) -> None:
     print(f"== trial {trial_id}: {sweep.strategy} {tag_of(overrides)}", flush=True)
 
     def after_task(done: int, acc: list[list[float]]) -> None:
-        if done < sweep.n_tasks:  # the last task's report comes with the record
+        # The last task's report comes with the record; a row that evaluated only the task
+        # just trained (eval_every > 1) says nothing of the tasks before it: not reported.
+        if done < sweep.n_tasks and None not in acc[-1][:done]:
             tune.report({"val_acc": sum(acc[-1][:done]) / done, "tasks_done": done})
 
     def started(info: dict) -> None:

@@ -84,6 +84,8 @@ def settings(base: Preset, v: Variant) -> Preset:
         return with_overrides(base, v.overrides)
     except TypeError as err:
         raise ValueError(f"--variant {v.name}: {err}; the options are Preset's and HyperNetConfig's fields.") from None
+    except ValueError as err:
+        raise ValueError(f"--variant {v.name}: {err}") from None
 
 
 def row(name: str, records: list[dict]) -> str:
